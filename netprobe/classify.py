@@ -1,0 +1,249 @@
+"""The classifier: a pure function from `LinkMetrics` to a `Verdict`.
+
+`video` needs every video requirement in both directions; otherwise `audio_only` needs every
+audio requirement; otherwise `phone`. `unknown` only when nothing could be measured. The
+thresholds come from config/thresholds.toml, which cites a source for each number.
+
+Monotonic by construction: every rule is a threshold on one figure, so a link that is worse
+in any figure can never get a better verdict (tested with hypothesis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .metrics import DirectionMetrics, LinkMetrics
+
+VIDEO = "video"
+AUDIO_ONLY = "audio_only"
+PHONE = "phone"
+UNKNOWN = "unknown"
+
+#: Best first. A verdict's index is its rank: a bigger index is a more cautious verdict.
+VERDICTS = (VIDEO, AUDIO_ONLY, PHONE, UNKNOWN)
+
+
+@dataclass(frozen=True)
+class VideoThresholds:
+    min_kbps: float = 600
+    """Each direction must sustain at least this, kbit/s."""
+    good_kbps: float = 1500
+    """Comfortable video rate; below it `video` comes with lower confidence and a note."""
+    max_loss_pct: float = 5.0
+    """Highest packet loss, percent, in either direction."""
+    good_loss_pct: float = 2.0
+    """Comfortable loss, percent."""
+    max_rtt_ms: float = 300
+    """Highest round-trip time, ms."""
+    good_rtt_ms: float = 150
+    """Comfortable round-trip time, ms."""
+    max_jitter_ms: float = 30
+    """Highest jitter in either direction, ms."""
+    good_jitter_ms: float = 15
+    """Comfortable jitter, ms."""
+
+
+@dataclass(frozen=True)
+class AudioThresholds:
+    min_kbps: float = 100
+    """Each direction must sustain at least this, kbit/s."""
+    good_kbps: float = 200
+    """Comfortable audio rate, kbit/s."""
+    min_mos: float = 3.1
+    """Lowest E-model MOS (G.107: R = 60)."""
+    good_mos: float = 3.6
+    """Comfortable MOS."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    video: VideoThresholds = VideoThresholds()
+    audio: AudioThresholds = AudioThresholds()
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    """Stable identifier, e.g. `upload_too_slow_for_video` (documented in docs/)."""
+    message: str
+    """Plain-language explanation with something concrete to try."""
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    """One of `video`, `audio_only`, `phone`, `unknown`."""
+    confidence: float
+    """0-1: how far the figures sit from the thresholds that decided the verdict."""
+    reasons: tuple[Reason, ...]
+    """Why, most important first."""
+
+    @property
+    def rank(self) -> int:
+        return VERDICTS.index(self.verdict)
+
+
+def _mbps(kbps: float) -> str:
+    return f"{kbps / 1000:.1f}" if kbps >= 100 else f"{kbps / 1000:.2f}"
+
+
+_DIR_WORDS = {
+    "up": ("upload", "close other uploads (cloud backup, photo sync, file sharing)"),
+    "down": ("download", "pause downloads and streaming on other devices"),
+}
+_CLOSER = "or move closer to your Wi-Fi router or use a cable"
+
+
+@dataclass
+class _Check:
+    """One requirement's outcome: `margin` > 0 passes, < 0 fails; |margin| is relative."""
+
+    ok: bool
+    margin: float
+    reason: Reason | None = None
+
+
+def _at_least(value: float, limit: float) -> float:
+    return (value - limit) / limit if limit else 1.0
+
+
+def _at_most(value: float, limit: float) -> float:
+    return (limit - value) / limit if limit else 1.0
+
+
+def _rate_check(d: DirectionMetrics, name: str, need: float, purpose: str) -> _Check:
+    word, advice = _DIR_WORDS[name]
+    if d.kbps is None:
+        return _Check(False, -1.0, Reason(
+            f"{word}_not_measured",
+            f"Your {word} speed could not be measured, so {purpose} cannot be promised.",
+        ))
+    margin = 1.0 if d.kbps_at_least and d.kbps >= need else _at_least(d.kbps, need)
+    if margin >= 0:
+        return _Check(True, margin)
+    return _Check(False, margin, Reason(
+        f"{word}_too_slow_for_{purpose.replace(' ', '_')}",
+        f"Your {word} is too slow for {purpose}: {_mbps(d.kbps)} Mbit/s measured, "
+        f"{_mbps(need)} needed. Try to {advice}, {_CLOSER}.",
+    ))
+
+
+def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
+    checks = [_rate_check(m.up, "up", t.min_kbps, "video"),
+              _rate_check(m.down, "down", t.min_kbps, "video")]
+    losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
+    if not losses:
+        checks.append(_Check(False, -1.0, Reason(
+            "loss_not_measured", "Packet loss could not be measured, so video cannot be promised.")))
+    else:
+        loss = max(losses)
+        ok = loss <= t.max_loss_pct
+        checks.append(_Check(ok, _at_most(loss, t.max_loss_pct), None if ok else Reason(
+            "loss_too_high_for_video",
+            f"Too much of your data gets lost for smooth video: {loss:.1f} % lost, "
+            f"video needs under {t.max_loss_pct:g} %. This is often weak Wi-Fi: {_CLOSER}.",
+        )))
+    if m.rtt_ms is None:
+        checks.append(_Check(False, -1.0, Reason(
+            "rtt_not_measured", "The delay to the server could not be measured.")))
+    else:
+        ok = m.rtt_ms <= t.max_rtt_ms
+        checks.append(_Check(ok, _at_most(m.rtt_ms, t.max_rtt_ms), None if ok else Reason(
+            "rtt_too_high_for_video",
+            f"Your connection has a long delay: {m.rtt_ms:.0f} ms there and back, video needs "
+            f"under {t.max_rtt_ms:g} ms. Picture and voice would lag behind each other; a "
+            f"satellite or mobile link often causes this: a wired or other connection helps.",
+        )))
+    jitters = [x for x in (m.up.jitter_ms, m.down.jitter_ms) if x is not None]
+    if jitters:
+        jit = max(jitters)
+        ok = jit <= t.max_jitter_ms
+        checks.append(_Check(ok, _at_most(jit, t.max_jitter_ms), None if ok else Reason(
+            "jitter_too_high_for_video",
+            f"Your connection is unsteady: delay varies by {jit:.0f} ms, video needs under "
+            f"{t.max_jitter_ms:g} ms or the picture will stutter. Other devices using the "
+            f"connection or weak Wi-Fi cause this: pause them, {_CLOSER}.",
+        )))
+    return checks
+
+
+def _audio_checks(m: LinkMetrics, t: AudioThresholds) -> list[_Check]:
+    checks = [_rate_check(m.up, "up", t.min_kbps, "audio"),
+              _rate_check(m.down, "down", t.min_kbps, "audio")]
+    if m.mos_audio is None:
+        checks.append(_Check(False, -1.0, Reason(
+            "audio_quality_not_measured",
+            "Voice quality could not be estimated, so an internet audio call cannot be promised.",
+        )))
+    else:
+        ok = m.mos_audio >= t.min_mos
+        margin = (m.mos_audio - t.min_mos) / (4.5 - t.min_mos)
+        checks.append(_Check(ok, margin, None if ok else Reason(
+            "audio_quality_too_low",
+            f"Even a voice-only internet call would sound broken up or delayed (estimated "
+            f"quality {m.mos_audio:.1f} of 5, at least {t.min_mos:g} needed). A phone call "
+            f"will be more reliable.",
+        )))
+    return checks
+
+
+def _confidence(margins: list[float]) -> float:
+    """Map the smallest relative margin to 0.5-0.99: at the threshold we are 50 % sure."""
+    if not margins:
+        return 0.5
+    return round(min(0.99, 0.5 + 0.49 * min(1.0, abs(min(margins)) / 0.5)), 2)
+
+
+def classify(m: LinkMetrics, t: Thresholds = Thresholds()) -> Verdict:
+    """Recommend `video`, `audio_only`, `phone` or `unknown` for the measured link."""
+    if not m.measured_anything:
+        return Verdict(UNKNOWN, 0.0, (Reason(
+            "nothing_measured",
+            "The connection could not be tested: the test server did not answer. Check that "
+            "you are online; if you cannot get online, call your therapist by phone.",
+        ),))
+    video = _video_checks(m, t.video)
+    if all(c.ok for c in video):
+        notes = _video_notes(m, t.video)
+        return Verdict(VIDEO, _confidence([c.margin for c in video]), (Reason(
+            "video_ok", "Your connection can hold a video session."),) + notes)
+    video_fails = [c for c in video if not c.ok]
+    audio = _audio_checks(m, t.audio)
+    if all(c.ok for c in audio):
+        # Sure of audio_only as far as the nearest audio threshold and the clearest video
+        # failure allow: a link just below the video line is a less certain audio_only.
+        margins = [c.margin for c in audio] + [max(-c.margin for c in video_fails)]
+        return Verdict(AUDIO_ONLY, _confidence(margins),
+                       tuple(c.reason for c in video_fails if c.reason))
+    audio_fails = [c for c in audio if not c.ok]
+    reasons = tuple(c.reason for c in audio_fails if c.reason)
+    reasons += tuple(c.reason for c in video_fails if c.reason and c.reason not in reasons)
+    return Verdict(PHONE, _confidence([max(-c.margin for c in audio_fails)]), reasons)
+
+
+def _video_notes(m: LinkMetrics, t: VideoThresholds) -> tuple[Reason, ...]:
+    notes: list[Reason] = []
+    for name, d in (("up", m.up), ("down", m.down)):
+        if d.kbps is not None and d.kbps < t.good_kbps and not d.kbps_at_least:
+            word, advice = _DIR_WORDS[name]
+            notes.append(Reason(
+                f"{word}_marginal_for_video",
+                f"Your {word} ({_mbps(d.kbps)} Mbit/s) is enough for video but without much "
+                f"room to spare: the picture may be softer. If it stutters, {advice}.",
+            ))
+    losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
+    if losses and max(losses) > t.good_loss_pct:
+        notes.append(Reason(
+            "loss_marginal_for_video",
+            f"Some data gets lost ({max(losses):.1f} %); video should cope, but {_CLOSER} "
+            f"if the picture freezes.",
+        ))
+    return tuple(notes)
+
+
+def worst(a: Verdict, b: Verdict) -> Verdict:
+    """The more cautious of two verdicts."""
+    return a if a.rank >= b.rank else b

@@ -1,0 +1,214 @@
+"""`netprobe` command line: `check`, `serve` (and `lab`, the link emulator).
+
+Exit status of `check`: 0 video, 10 audio_only, 11 phone, 12 unknown; 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .config import Settings, load_settings
+from .errors import ConfigError, NetprobeError
+
+EXIT_USAGE = 2
+LOOPBACK = ["127.0.0.1"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netprobe",
+        description="Can this connection hold a video therapy session? netprobe measures it "
+                    "and recommends video, audio only or the phone.",
+    )
+    parser.add_argument("--config", type=Path, help="settings file (TOML); see config/")
+    parser.add_argument("--thresholds", type=Path,
+                        help="classifier thresholds file (default: the shipped one)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = sub.add_parser("check", help="run a pre-session check",
+                           description="Measure the connection to a reflector and recommend "
+                                       "video, audio only or the phone.")
+    target = check.add_mutually_exclusive_group(required=True)
+    target.add_argument("--server", metavar="URL", help="reflector URL, e.g. http://host:8765")
+    target.add_argument("--local", action="store_true",
+                        help="self-test against a reflector started on this machine "
+                             "(does not test the internet link)")
+    check.add_argument("--json", action="store_true",
+                       help="print exactly one JSON object (schema netprobe.check/1)")
+    check.add_argument("--max-duration", type=float, metavar="S",
+                       help="hard cap on the check in seconds (default 15)")
+    check.add_argument("--no-progress", action="store_true", help="no live progress line")
+    check.set_defaults(func=_cmd_check)
+
+    serve = sub.add_parser("serve", help="run a reflector (the clinic's test server)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8765)")
+    serve.add_argument("--max-sessions", type=int, help="concurrent probe sessions (default 4)")
+    serve.add_argument("--session-timeout", type=float, metavar="S",
+                       help="hard time limit of a probe session (default 30)")
+    serve.set_defaults(func=_cmd_serve)
+
+    try:
+        from .lab import cli as lab_cli
+    except ImportError:  # pragma: no cover - the lab is optional
+        pass
+    else:
+        lab_cli.add_parser(sub)
+    return parser
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("netprobe: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for noisy in ("aiortc", "aioice", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+class _ProgressLine:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._width = 0
+
+    def __call__(self, p: object) -> None:
+        if not self.enabled:
+            return
+        from .report import render_progress
+
+        text = render_progress(p)  # type: ignore[arg-type]
+        sys.stderr.write("\r" + text.ljust(self._width))
+        sys.stderr.flush()
+        self._width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+
+
+def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from .probe import run_check
+    from .report import EXIT_CODES, render_text
+    from .rtc import restrict_host_candidates
+
+    if args.max_duration is not None:
+        if args.max_duration < 2:
+            raise ConfigError("--max-duration must be at least 2 seconds")
+        settings = replace(settings, probe=replace(settings.probe,
+                                                   max_duration_s=args.max_duration))
+    show = _ProgressLine(sys.stderr.isatty() and not args.no_progress)
+
+    async def main() -> object:
+        if args.local:
+            from .reflector import Reflector
+
+            restrict_host_candidates(LOOPBACK)
+            reflector = Reflector(replace(settings.reflector, host="127.0.0.1", port=0))
+            await reflector.start()
+            try:
+                return await run_check(reflector.url, settings, local=True, on_progress=show)
+            finally:
+                await reflector.stop()
+        if _is_loopback_url(args.server):
+            restrict_host_candidates(LOOPBACK)
+        return await run_check(args.server, settings, on_progress=show)
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        show.clear()
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")  # type: ignore[attr-defined]
+    else:
+        sys.stdout.write(render_text(result))  # type: ignore[arg-type]
+    return EXIT_CODES[result.verdict.verdict]  # type: ignore[attr-defined]
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .reflector import Reflector
+    from .rtc import restrict_host_candidates
+
+    r = settings.reflector
+    r = replace(
+        r,
+        host=args.host if args.host is not None else r.host,
+        port=args.port if args.port is not None else r.port,
+        max_sessions=args.max_sessions if args.max_sessions is not None else r.max_sessions,
+        session_timeout_s=args.session_timeout if args.session_timeout is not None
+        else r.session_timeout_s,
+    )
+    if not 0 < r.port < 65536:
+        raise ConfigError("--port must be 1-65535")
+    if r.max_sessions < 1:
+        raise ConfigError("--max-sessions must be at least 1")
+
+    async def main() -> None:
+        try:
+            if ipaddress.ip_address(r.host).is_loopback:
+                restrict_host_candidates([r.host])
+        except ValueError:
+            pass
+        reflector = Reflector(r)
+        try:
+            await reflector.start()
+        except OSError as exc:
+            raise NetprobeError(f"cannot listen on {r.host}:{r.port}: {exc.strerror}") from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"netprobe reflector listening on {reflector.url} "
+              f"(up to {r.max_sessions} sessions); Ctrl-C to stop", file=sys.stderr, flush=True)
+        try:
+            await stop.wait()
+        finally:
+            print("netprobe reflector stopping…", file=sys.stderr, flush=True)
+            await reflector.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        settings = load_settings(args.config, args.thresholds) if args.command != "lab" \
+            else None
+        return int(args.func(args, settings) if args.command != "lab" else args.func(args))
+    except ConfigError as exc:
+        print(f"netprobe: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NetprobeError as exc:
+        print(f"netprobe: {exc}", file=sys.stderr)
+        return 12 if args.command == "check" else 1
+    except KeyboardInterrupt:
+        print("netprobe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Pure measurement maths: jitter, loss accounting, throughput, confidence intervals.
+
+Nothing here touches a socket or a clock: callers pass times in as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+#: Bytes a load packet costs on the wire beyond its payload: RTP header (12), header
+#: extensions abs-send-time and mid (12), VP8 payload descriptor (4), SRTP auth tag (10),
+#: UDP (8), IPv4 (20). Used so that rates compare with what a link's rate limit counts.
+LOAD_OVERHEAD_BYTES = 66
+#: The same for a probe or echo packet on the audio stream (no VP8 descriptor).
+PROBE_OVERHEAD_BYTES = 62
+
+
+class JitterEstimator:
+    """RFC 3550 (section 6.4.1, appendix A.8) interarrival jitter.
+
+    J(i) = J(i-1) + (|D(i-1,i)| - J(i-1)) / 16, where D is the difference of the transit
+    times (arrival - send) of consecutive packets *in arrival order*. Send and arrival times
+    may be on different clocks: a constant offset cancels in D.
+    """
+
+    def __init__(self) -> None:
+        self._last_transit: float | None = None
+        self.jitter = 0.0
+        """Current estimate, in the unit of the times given (seconds here)."""
+        self.samples = 0
+        """Number of transit differences folded in."""
+
+    def update(self, sent_at: float, arrived_at: float) -> float:
+        transit = arrived_at - sent_at
+        if self._last_transit is not None:
+            d = abs(transit - self._last_transit)
+            self.jitter += (d - self.jitter) / 16.0
+            self.samples += 1
+        self._last_transit = transit
+        return self.jitter
+
+
+class SequenceTracker:
+    """Counts distinct packets of a stream numbered from a known first sequence number.
+
+    Duplicates are counted apart and never make up for a lost packet; a packet that arrives
+    after a higher-numbered one counts as reordered, not lost.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+        self.highest = -1
+        """Highest sequence number received, -1 before the first."""
+        self.lowest: int | None = None
+        """Lowest sequence number received."""
+        self.duplicates = 0
+        """Packets received more than once (each extra copy counts one)."""
+        self.reordered = 0
+        """Packets that arrived after a packet with a higher sequence number."""
+
+    @property
+    def received(self) -> int:
+        """Distinct packets received."""
+        return len(self._seen)
+
+    def add(self, seq: int) -> bool:
+        """Record a packet; return False if it is a duplicate."""
+        if seq in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen.add(seq)
+        if seq < self.highest:
+            self.reordered += 1
+        else:
+            self.highest = seq
+        if self.lowest is None or seq < self.lowest:
+            self.lowest = seq
+        return True
+
+    def received_below(self, limit: int) -> int:
+        """Distinct packets received with a sequence number < `limit`."""
+        return sum(1 for s in self._seen if s < limit)
+
+    def lost(self, expected: int | None = None) -> int:
+        """Packets lost out of `expected` sent (numbered 0..expected-1).
+
+        Without `expected`, packets after the highest one received are not counted (they
+        may still be in flight), as in RFC 3550's "extended highest sequence number" rule.
+        """
+        if expected is None:
+            expected = self.highest + 1
+            return max(0, expected - self.received)
+        return max(0, expected - self.received_below(expected))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (0, 1) when nothing was tried."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def delivered_kbps(
+    packets: int, payload_bytes: int, first_at: float, last_at: float,
+    overhead: int = LOAD_OVERHEAD_BYTES,
+) -> float | None:
+    """Rate at which a stream's packets arrived, in kbit/s of wire bytes.
+
+    Measured over the arrival span: the bytes of every packet but the first, divided by the
+    time from the first arrival to the last. A bottleneck spaces arrivals at its own rate
+    whatever the sender does, so this never exceeds the bottleneck's rate by more than the
+    timing noise. None when fewer than 3 packets or no time span.
+    """
+    span = last_at - first_at
+    if packets < 3 or span <= 0:
+        return None
+    wire = payload_bytes + packets * overhead
+    return wire * (packets - 1) / packets * 8 / span / 1000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]. `values` must not be empty."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)

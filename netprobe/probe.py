@@ -1,0 +1,239 @@
+"""The probe engine: one pre-session check against a reflector.
+
+I/O only: signalling over HTTP (aiohttp), the WebRTC connection and test streams (via
+`rtc.py`), timing. All measurement logic lives in `session.ClientSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiortc import RTCSessionDescription
+
+from .classify import UNKNOWN, Reason, Verdict, classify
+from .config import Settings
+from .errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
+from .metrics import LinkMetrics
+from .rtc import PacketTrack, Pacer, create_peer_connection, install_tap, prefer_test_codecs
+from .session import ClientSession, Progress
+from .wire import TYPE_ECHO, TYPE_LOAD, decode_echo, decode_load, encode_load, encode_probe, \
+    packet_type
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "netprobe.check/1"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    verdict: Verdict
+    metrics: LinkMetrics
+    started_at: datetime
+    duration_s: float
+    stopped_early: bool = False
+    """The verdict was certain before the ladder finished, so the check stopped sooner."""
+    local: bool = False
+    """Measured against a reflector on this machine: the internet link was not tested."""
+    server: str | None = None
+    """The reflector URL, only when privacy.log_addresses is on."""
+    ladder: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per direction, each rung judged: rate sent, delivered, passed."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "verdict": self.verdict.verdict,
+            "confidence": self.verdict.confidence,
+            "reasons": [r.to_json() for r in self.verdict.reasons],
+            "metrics": self.metrics.to_json(),
+            "duration_s": round(self.duration_s, 2),
+            "started_at": self.started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "stopped_early": self.stopped_early,
+            "local": self.local,
+            "server": self.server,
+            "ladder": self.ladder,
+        }
+
+
+def _failure(reason: Reason, started_at: datetime, t0: float, local: bool,
+             server: str | None) -> CheckResult:
+    verdict = Verdict(UNKNOWN, 0.0, (reason,))
+    return CheckResult(verdict, LinkMetrics(), started_at, time.monotonic() - t0, local=local,
+                       server=server)
+
+
+async def run_check(
+    server_url: str,
+    settings: Settings,
+    *,
+    local: bool = False,
+    on_progress: Callable[[Progress | str], None] | None = None,
+) -> CheckResult:
+    """Measure the link to the reflector at `server_url` and classify it.
+
+    Never raises for a foreseeable network failure: an unreachable or busy server, or a
+    connection that cannot be established, gives an `unknown` verdict whose first reason
+    says what happened, within `settings.probe.max_duration_s`.
+    """
+    t0 = time.monotonic()
+    started_at = datetime.now(UTC)
+    shown_server = server_url if settings.privacy.log_addresses else None
+    cfg = settings.probe
+    progress = on_progress or (lambda _p: None)
+    pc = create_peer_connection(cfg.ice_servers)
+    probe_track = PacketTrack("audio")
+    load_track = PacketTrack("video")
+    pc.addTransceiver(probe_track, direction="sendrecv")
+    pc.addTransceiver(load_track, direction="sendrecv")
+    prefer_test_codecs(pc)
+    session: ClientSession | None = None
+    pacers: list[Pacer] = []
+    try:
+        try:
+            async with asyncio.timeout(min(cfg.connect_timeout_s, cfg.max_duration_s - 1)):
+                progress("connecting")
+                await _connect(pc, server_url, cfg.max_duration_s)
+                connected = asyncio.Event()
+                if pc.connectionState == "connected":
+                    connected.set()
+
+                @pc.on("connectionstatechange")
+                def on_state() -> None:
+                    if pc.connectionState in ("connected", "failed", "closed"):
+                        connected.set()
+
+                await connected.wait()
+                if pc.connectionState != "connected":
+                    raise ConnectFailed("the WebRTC connection to the test server failed")
+        except TimeoutError:
+            return _failure(Reason(
+                "connect_timeout",
+                "The test server could not be reached in time. The connection may be down or "
+                "very poor; if it stays like this, call your therapist by phone.",
+            ), started_at, t0, local, shown_server)
+        except ServerBusy:
+            return _failure(Reason(
+                "server_busy",
+                "The test server is busy with other checks right now. Please try again in a "
+                "minute.",
+            ), started_at, t0, local, shown_server)
+        except (ServerUnreachable, ConnectFailed, ProtocolError) as exc:
+            return _failure(Reason(
+                "server_unreachable",
+                f"The test server could not be reached ({exc}). Check that you are online; "
+                f"if you cannot get online, call your therapist by phone.",
+            ), started_at, t0, local, shown_server)
+
+        now = time.monotonic()
+        session = ClientSession(cfg, settings.thresholds, now)
+        _attach_taps(pc, session)
+        interval = cfg.probe_interval_ms / 1000
+        pacers = [
+            Pacer(probe_track, lambda now: (interval, lambda: encode_probe(
+                session.next_probe(time.monotonic()), cfg.probe_size))),
+            Pacer(load_track, lambda now: _up_step(session, now)),
+        ]
+        for pacer in pacers:
+            pacer.start()
+        deadline = t0 + cfg.max_duration_s - 0.2
+        stopped_early = False
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            session.tick(now)
+            progress(session.progress(now))
+            if pc.connectionState != "connected":
+                break
+            if session.finished(now):
+                stopped_early = not (session.up.done and session.down.done) or any(
+                    len(ladder.results) < len(ladder.rungs) and all(
+                        r.passed for r in ladder.results.values())
+                    for ladder in (session.up, session.down))
+                break
+            if now >= deadline:
+                break
+        metrics = session.metrics()
+        verdict = classify(metrics, settings.thresholds)
+        return CheckResult(
+            verdict, metrics, started_at, time.monotonic() - t0, stopped_early=stopped_early,
+            local=local, server=shown_server,
+            ladder={"up": _ladder_json(session.up), "down": _ladder_json(session.down)},
+        )
+    finally:
+        for pacer in pacers:
+            await pacer.stop()
+        await pc.close()
+
+
+def _up_step(session: ClientSession, now: float) -> tuple[float, Callable[[], bytes]] | None:
+    rung = session.up_rung(now)
+    if rung is None:
+        return None
+    return rung.interval, lambda: encode_load(session.next_up_load(rung, time.monotonic()),
+                                              rung.payload_size)
+
+
+def _attach_taps(pc: Any, session: ClientSession) -> None:
+    def on_audio(payload: bytes, now: float) -> None:
+        if packet_type(payload) == TYPE_ECHO:
+            session.on_echo(decode_echo(payload), now)
+
+    def on_video(payload: bytes, now: float) -> None:
+        if packet_type(payload) == TYPE_LOAD:
+            session.on_down_load(decode_load(payload), len(payload), now)
+
+    for transceiver in pc.getTransceivers():
+        install_tap(transceiver.receiver, transceiver.kind,
+                    on_audio if transceiver.kind == "audio" else on_video)
+
+
+def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
+    return [
+        {"rate_kbps": r.rung.rate_kbps, "delivered_kbps": None if r.delivered_kbps is None
+         else round(r.delivered_kbps), "passed": r.passed}
+        for _, r in sorted(ladder.results.items())
+    ]
+
+
+async def _connect(pc: Any, server_url: str, cap_s: float) -> None:
+    """Offer/answer over HTTP. Raises ServerUnreachable, ServerBusy or ProtocolError."""
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+    url = server_url.rstrip("/") + "/v1/offer"
+    timeout = aiohttp.ClientTimeout(total=cap_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.post(url, json=offer) as resp:
+                if resp.status == 503:
+                    raise ServerBusy("the test server is busy")
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                if resp.status != 200:
+                    detail = body.get("error", {}).get("message") if isinstance(body, dict) \
+                        else None
+                    raise ServerUnreachable(
+                        f"the test server answered HTTP {resp.status}"
+                        + (f": {detail}" if detail else ""))
+    except aiohttp.InvalidURL:
+        raise ServerUnreachable("the server address is not a valid URL") from None
+    except aiohttp.ClientConnectorError:
+        raise ServerUnreachable("nothing answered at the server address") from None
+    except aiohttp.ClientError as exc:
+        raise ServerUnreachable(f"the connection to the server failed: {type(exc).__name__}") \
+            from None
+    if not isinstance(body, dict) or body.get("type") != "answer" or not isinstance(
+            body.get("sdp"), str):
+        raise ProtocolError("the server's answer is not a valid SDP answer")
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
+    except Exception as exc:
+        raise ProtocolError("the server's SDP answer could not be used") from exc

@@ -1,0 +1,76 @@
+"""Words for people: the verdict line, reasons, figures and the live progress line."""
+
+from __future__ import annotations
+
+from .classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
+from .metrics import DirectionMetrics
+from .probe import CheckResult
+from .session import Progress
+
+VERDICT_LINES = {
+    VIDEO: "Your connection is ready for a video session.",
+    AUDIO_ONLY: "Please use audio only for this session: your connection cannot hold "
+                "video steadily right now.",
+    PHONE: "Please call your therapist by phone for this session: your internet connection "
+           "is not steady enough for a call right now.",
+    UNKNOWN: "Your connection could not be tested.",
+}
+
+EXIT_CODES = {VIDEO: 0, AUDIO_ONLY: 10, PHONE: 11, UNKNOWN: 12}
+
+
+def _rate(d: DirectionMetrics) -> str:
+    if d.kbps is None:
+        return "not measured"
+    prefix = "at least " if d.kbps_at_least else ""
+    return f"{prefix}{d.kbps / 1000:.1f} Mbit/s" if d.kbps >= 1000 else \
+        f"{prefix}{d.kbps:.0f} kbit/s"
+
+
+def _dir_line(name: str, d: DirectionMetrics) -> str:
+    parts = [_rate(d)]
+    if d.loss_pct is not None:
+        parts.append(f"{d.loss_pct:.1f} % lost")
+    if d.jitter_ms is not None:
+        parts.append(f"jitter {d.jitter_ms:.0f} ms")
+    return f"  {name:<10}{', '.join(parts)}"
+
+
+def render_text(result: CheckResult) -> str:
+    v = result.verdict
+    lines = [VERDICT_LINES[v.verdict], ""]
+    reasons = [r for r in v.reasons if r.code != "video_ok"]
+    if reasons:
+        lines.append("Why:" if v.verdict != VIDEO else "Good to know:")
+        lines += [f"  - {r.message}" for r in reasons]
+        lines.append("")
+    m = result.metrics
+    if m.connected:
+        lines.append("What was measured:")
+        if m.rtt_ms is not None:
+            loaded = f" ({m.rtt_loaded_ms:.0f} ms when the line is full)" if m.rtt_loaded_ms \
+                else ""
+            lines.append(f"  {'Delay':<10}{m.rtt_ms:.0f} ms there and back{loaded}")
+        lines.append(_dir_line("Upload", m.up))
+        lines.append(_dir_line("Download", m.down))
+        if m.mos_audio is not None:
+            lines.append(f"  {'Voice':<10}quality {m.mos_audio:.1f} of 5 (estimate)")
+        lines.append(f"  {'Certainty':<10}{v.confidence:.0%}, in {result.duration_s:.1f} s")
+        lines.append("")
+    if result.local:
+        lines.append("Note: this was a self-test against a test server on this computer. It "
+                     "shows netprobe works here; it did not test your internet connection.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_progress(p: Progress | str) -> str:
+    if isinstance(p, str):
+        return "Connecting to the test server…" if p == "connecting" else p
+    parts = [f"Measuring your connection… {p.elapsed_s:4.1f} s"]
+    if p.rtt_ms is not None:
+        parts.append(f"delay {p.rtt_ms:.0f} ms")
+    if p.phase != "warmup":
+        parts.append(f"upload ≥ {p.up_kbps / 1000:.1f} Mbit/s{'' if not p.up_done else ' ✓'}")
+        parts.append(f"download ≥ {p.down_kbps / 1000:.1f} Mbit/s"
+                     f"{'' if not p.down_done else ' ✓'}")
+    return " · ".join(parts)

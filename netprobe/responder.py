@@ -1,0 +1,109 @@
+"""The reflector's side of one probe session, as a pure state machine (`now` passed in).
+
+It answers every probe with an echo that also reports what the reflector measured on the
+uplink, counts the client's uplink load per rung, and tells the engine which downlink rung
+the client asked for. If the client's probes stop arriving, the downlink load stops too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .measure import JitterEstimator, SequenceTracker
+from .wire import NO_RUNG, Echo, Load, Probe, RungReport
+
+#: Stop the downlink load when no probe arrived for this long (seconds).
+REQUEST_TTL = 1.0
+#: Report this many of the most recent rungs in each echo.
+REPORTED_RUNGS = 3
+
+
+@dataclass
+class RungCount:
+    seqs: SequenceTracker = field(default_factory=SequenceTracker)
+    payload_bytes: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+
+    def add(self, seq: int, size: int, now: float) -> None:
+        if not self.seqs.add(seq):
+            return
+        if self.seqs.received == 1:
+            self.first_at = now
+        self.payload_bytes += size
+        self.last_at = now
+
+
+@dataclass(frozen=True)
+class DownRequest:
+    rung: int
+    rate_kbps: int
+    payload_size: int
+
+
+class Responder:
+    def __init__(self) -> None:
+        self._probes = SequenceTracker()
+        self._jitter = JitterEstimator()
+        self._echo_seq = 0
+        self._up: dict[int, RungCount] = {}
+        self._request: DownRequest | None = None
+        self._request_at = 0.0
+        self._down_seq = 0
+        self._down_sent: dict[int, int] = {}
+        self.probes_seen = 0
+        """Probe packets received, duplicates included."""
+
+    def on_probe(self, probe: Probe, now: float) -> None:
+        self.probes_seen += 1
+        if not self._probes.add(probe.seq):
+            return
+        self._jitter.update(probe.sent_at, now)
+        if probe.seq >= self._probes.highest:  # the newest probe carries the newest request
+            self._request_at = now
+            if probe.down_rung == NO_RUNG or probe.down_rate_kbps <= 0:
+                self._request = None
+            else:
+                self._request = DownRequest(probe.down_rung, probe.down_rate_kbps,
+                                            probe.down_size)
+
+    def echo(self, probe: Probe, received_at: float, now: float) -> Echo:
+        """The echo answering `probe` (received at `received_at`), to be sent at `now`."""
+        recent = sorted(self._up)[-REPORTED_RUNGS:]
+        reports = tuple(
+            RungReport(i, c.seqs.received, c.payload_bytes, c.first_at, c.last_at,
+                       c.seqs.lowest or 0, max(c.seqs.highest, 0))
+            for i in recent for c in (self._up[i],)
+        )
+        down = tuple((i, self._down_sent[i]) for i in sorted(self._down_sent)[-REPORTED_RUNGS:])
+        echo = Echo(
+            seq=self._echo_seq,
+            sent_at=now,
+            probe_seq=probe.seq,
+            probe_sent_at=probe.sent_at,
+            hold=max(0.0, now - received_at),
+            up_probes_received=self._probes.received,
+            up_probes_highest=self._probes.highest,
+            up_jitter=self._jitter.jitter,
+            up_rungs=reports,
+            down_sent=down,
+        )
+        self._echo_seq += 1
+        return echo
+
+    def on_up_load(self, load: Load, payload_size: int, now: float) -> None:
+        if load.rung < 0:
+            return
+        self._up.setdefault(load.rung, RungCount()).add(load.seq, payload_size, now)
+
+    def down_request(self, now: float) -> DownRequest | None:
+        """The downlink rung to send now, or None (none asked, or the client went quiet)."""
+        if self._request is None or now - self._request_at > REQUEST_TTL:
+            return None
+        return self._request
+
+    def next_down_load(self, request: DownRequest, now: float) -> Load:
+        load = Load(request.rung, self._down_seq, now)
+        self._down_seq += 1
+        self._down_sent[request.rung] = self._down_sent.get(request.rung, 0) + 1
+        return load

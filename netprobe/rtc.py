@@ -1,0 +1,197 @@
+"""The aiortc adapter: test-stream tracks, an RTP receive tap, a pacer, peer connections.
+
+The test streams are real WebRTC media streams: an Opus-negotiated audio stream carries the
+probes and echoes, a VP8-negotiated video stream carries the bitrate ladder's load, both over
+ICE, DTLS-SRTP, RTP and RTCP as a video call's would. Their payloads are pre-built bytes with a
+measurement header (see `wire.py`) handed to aiortc as already-encoded packets, so neither side
+pays for encoding or decoding (see ../shared/NOTES-aiortc.md: a VP8 encode costs 17-21 % of a
+core per stream). On receive, a tap replaces the receiver's RTP handler: each packet is timed
+and counted as it leaves SRTP, before any jitter buffer, and no NACK/RTX retransmission ever
+hides a lost packet (aiortc's own receiver stats are unreliable once RTX starts).
+
+This is the only module that imports aiortc and av, besides `aioice` patching for loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from collections.abc import Callable
+
+import aioice.ice
+import av
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+from .config import IceServer
+
+logger = logging.getLogger(__name__)
+
+_TIME_BASE = {"audio": fractions.Fraction(1, 48000), "video": fractions.Fraction(1, 90000)}
+_CODEC = {"audio": "audio/opus", "video": "video/VP8"}
+
+PayloadFactory = Callable[[], bytes]
+PacketHandler = Callable[[bytes, float], None]
+
+
+def restrict_host_candidates(addresses: list[str]) -> None:
+    """Gather ICE host candidates only from `addresses` (process-wide).
+
+    aioice skips 127.0.0.1, so a check against a reflector on the same machine (`--local`,
+    the tests) gives it the loopback address explicitly.
+    """
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+class PacketTrack(MediaStreamTrack):
+    """A track whose frames are payloads built at the moment aiortc sends them.
+
+    `push(factory)` queues a payload factory; the sender's loop calls `recv()`, which calls
+    the factory (so a send time written into the payload is taken just before sending) and
+    wraps the bytes as an already-encoded packet.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._queue: asyncio.Queue[PayloadFactory | None] = asyncio.Queue()
+        self._time_base = _TIME_BASE[kind]
+        self._origin = time.monotonic()
+        self.sent_packets = 0
+        self.sent_bytes = 0
+
+    def push(self, factory: PayloadFactory) -> None:
+        if self.readyState == "live":
+            self._queue.put_nowait(factory)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self._queue.put_nowait(None)
+        super().stop()
+
+    async def recv(self) -> av.Packet:
+        factory = await self._queue.get()
+        if factory is None or self.readyState != "live":
+            raise MediaStreamError
+        payload = factory()
+        packet = av.Packet(payload)
+        packet.pts = int((time.monotonic() - self._origin) / self._time_base)
+        packet.time_base = self._time_base
+        self.sent_packets += 1
+        self.sent_bytes += len(payload)
+        return packet
+
+
+def install_tap(receiver: RTCRtpReceiver, kind: str, handler: PacketHandler) -> None:
+    """Deliver each RTP payload arriving at `receiver` to `handler(payload, now)`.
+
+    Replaces the receiver's RTP handling: no jitter buffer, decoder or NACK generator runs.
+    Video payloads lose their VP8 payload descriptor first.
+    """
+    async def tap(packet: object, arrival_time_ms: int = 0) -> None:
+        now = time.monotonic()
+        payload: bytes = packet.payload  # type: ignore[attr-defined]
+        if kind == "video":
+            try:
+                _, payload = VpxPayloadDescriptor.parse(payload)
+            except ValueError:
+                return
+        try:
+            handler(payload, now)
+        except Exception:  # a bad packet must never kill the transport's receive loop
+            logger.debug("dropped a malformed test packet", exc_info=True)
+
+    receiver._handle_rtp_packet = tap  # type: ignore[method-assign]
+
+
+def create_peer_connection(ice_servers: tuple[IceServer, ...] = ()) -> RTCPeerConnection:
+    """A peer connection with host candidates only unless STUN/TURN servers are configured.
+
+    `iceServers=[]` matters: aiortc's default would contact Google's STUN server.
+    """
+    servers = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+               for s in ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers,
+                                              bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+
+
+def prefer_test_codecs(pc: RTCPeerConnection) -> None:
+    """Negotiate Opus on audio and VP8 (without RTX: nothing is retransmitted) on video."""
+    for transceiver in pc.getTransceivers():
+        kind = transceiver.kind
+        caps = RTCRtpSender.getCapabilities(kind)
+        if caps is None:
+            continue
+        chosen = [c for c in caps.codecs if c.mimeType.lower() == _CODEC[kind].lower()]
+        if chosen:
+            transceiver.setCodecPreferences(chosen)
+
+
+class Pacer:
+    """Feeds a `PacketTrack` at a rate that may change at any moment.
+
+    `schedule(now)` returns (interval seconds, payload factory) for the next packet, or None
+    to pause. Sending follows an absolute timetable, so timer lateness does not lower the
+    average rate; a backlog of more than `max_lag` seconds is dropped, not burst out.
+    """
+
+    def __init__(
+        self,
+        track: PacketTrack,
+        schedule: Callable[[float], tuple[float, PayloadFactory] | None],
+        idle_poll: float = 0.01,
+        max_lag: float = 0.05,
+    ) -> None:
+        self._track = track
+        self._schedule = schedule
+        self._idle_poll = idle_poll
+        self._max_lag = max_lag
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        due: float | None = None
+        while True:
+            now = time.monotonic()
+            if due is None or now - due > self._max_lag:
+                due = now
+            if now < due:
+                await asyncio.sleep(due - now)
+                continue
+            step = self._schedule(now)
+            if step is None:
+                due = None
+                await asyncio.sleep(self._idle_poll)
+                continue
+            interval, factory = step
+            self._track.push(factory)
+            due += interval

@@ -1,0 +1,208 @@
+"""The probe protocol's packet formats (pure: bytes in, dataclasses out).
+
+Three packet types travel inside RTP payloads of the test streams (see docs/protocol.md):
+
+- `Probe`  client -> reflector on the audio stream, ~50 per second. Carries a sequence number
+  and send time for RTT, jitter and loss, and the client's request for the downlink load.
+- `Echo`   reflector -> client on the audio stream, one per probe received. Echoes the probe's
+  sequence number and time, has its own downlink sequence number and time, and reports what the
+  reflector measured on the uplink (probe loss and jitter, load delivered per rung).
+- `Load`   either direction on the video stream: the bitrate ladder's filler packets, each
+  tagged with its rung and a per-stream sequence number.
+
+All times are seconds on the *sender's* monotonic clock; only differences taken on one side,
+or transit differences for jitter, are ever used, so the two clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import ProtocolError
+
+MAGIC = b"NP"
+VERSION = 1
+
+TYPE_PROBE = 1
+TYPE_ECHO = 2
+TYPE_LOAD = 3
+
+_HEADER = struct.Struct("!2sBB")
+_PROBE = struct.Struct("!IdhIH")
+_ECHO = struct.Struct("!IdIdfIIfB")
+_RUNG_REPORT = struct.Struct("!hIIddII")
+_DOWN_SENT = struct.Struct("!hI")
+_LOAD = struct.Struct("!hId")
+
+NO_RUNG = -1
+
+#: Smallest load packet: header plus fields.
+LOAD_MIN_SIZE = _HEADER.size + _LOAD.size
+#: Largest payload we put in one RTP packet (fits aiortc's VP8 packetiser, 1300 bytes, with
+#: its 4-byte descriptor, and a 1500-byte path MTU with RTP/SRTP/UDP/IP overhead).
+LOAD_MAX_SIZE = 1200
+
+
+@dataclass(frozen=True)
+class Probe:
+    seq: int
+    """Probe sequence number, from 0, one per probe sent."""
+    sent_at: float
+    """Client monotonic clock when the probe was sent, in seconds."""
+    down_rung: int = NO_RUNG
+    """The downlink ladder rung the client asks for, or `NO_RUNG` for none."""
+    down_rate_kbps: int = 0
+    """Rate of the requested downlink rung in kbit/s (counting IP packet bytes)."""
+    down_size: int = 0
+    """Payload size of the requested downlink load packets, in bytes."""
+
+
+@dataclass(frozen=True)
+class RungReport:
+    """What the receiver of a load stream saw of one rung."""
+
+    rung: int
+    """Rung index."""
+    packets: int
+    """Distinct packets received (duplicates are not counted)."""
+    payload_bytes: int
+    """Payload bytes of the distinct packets received."""
+    first_at: float
+    """Receiver clock at the first packet's arrival, seconds."""
+    last_at: float
+    """Receiver clock at the latest packet's arrival, seconds."""
+    lowest_seq: int
+    """Lowest load sequence number seen in the rung."""
+    highest_seq: int
+    """Highest load sequence number seen in the rung."""
+
+
+@dataclass(frozen=True)
+class Echo:
+    seq: int
+    """Echo (downlink) sequence number, from 0, one per echo sent."""
+    sent_at: float
+    """Reflector monotonic clock when the echo was sent, in seconds."""
+    probe_seq: int
+    """Sequence number of the probe this echo answers."""
+    probe_sent_at: float
+    """The probe's `sent_at`, copied back."""
+    hold: float
+    """Seconds the reflector held the probe before echoing it (subtracted from the RTT)."""
+    up_probes_received: int
+    """Distinct probes the reflector has received so far."""
+    up_probes_highest: int
+    """Highest probe sequence number the reflector has received (-1 before the first)."""
+    up_jitter: float
+    """RFC 3550 interarrival jitter of the probes on the uplink, in seconds."""
+    up_rungs: tuple[RungReport, ...] = ()
+    """Uplink load received, for the most recent rungs (at most 3)."""
+    down_sent: tuple[tuple[int, int], ...] = ()
+    """(rung, packets sent) of the reflector's downlink load, for the most recent rungs."""
+
+
+@dataclass(frozen=True)
+class Load:
+    rung: int
+    """Ladder rung this packet belongs to."""
+    seq: int
+    """Per-stream sequence number, from 0, increasing across rungs."""
+    sent_at: float
+    """Sender monotonic clock at send time, seconds."""
+
+
+def _check_header(data: bytes) -> int:
+    if len(data) < _HEADER.size:
+        raise ProtocolError("probe packet too short")
+    magic, version, kind = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError("not a netprobe packet (bad magic or version)")
+    return int(kind)
+
+
+def packet_type(data: bytes) -> int:
+    """Return the type of a probe-protocol packet, raising `ProtocolError` if it is not one."""
+    return _check_header(data)
+
+
+def encode_probe(p: Probe, size: int = 0) -> bytes:
+    body = _HEADER.pack(MAGIC, VERSION, TYPE_PROBE) + _PROBE.pack(
+        p.seq, p.sent_at, p.down_rung, p.down_rate_kbps, p.down_size
+    )
+    return body.ljust(size, b"\0")
+
+
+def decode_probe(data: bytes) -> Probe:
+    if _check_header(data) != TYPE_PROBE or len(data) < _HEADER.size + _PROBE.size:
+        raise ProtocolError("malformed probe packet")
+    seq, sent_at, rung, rate, size = _PROBE.unpack_from(data, _HEADER.size)
+    return Probe(seq, sent_at, rung, rate, size)
+
+
+def encode_echo(e: Echo) -> bytes:
+    parts = [
+        _HEADER.pack(MAGIC, VERSION, TYPE_ECHO),
+        _ECHO.pack(
+            e.seq,
+            e.sent_at,
+            e.probe_seq,
+            e.probe_sent_at,
+            e.hold,
+            e.up_probes_received,
+            e.up_probes_highest & 0xFFFFFFFF,
+            e.up_jitter,
+            len(e.up_rungs),
+        ),
+    ]
+    for r in e.up_rungs:
+        parts.append(
+            _RUNG_REPORT.pack(
+                r.rung, r.packets, r.payload_bytes, r.first_at, r.last_at, r.lowest_seq,
+                r.highest_seq,
+            )
+        )
+    parts.append(bytes([len(e.down_sent)]))
+    for rung, sent in e.down_sent:
+        parts.append(_DOWN_SENT.pack(rung, sent))
+    return b"".join(parts)
+
+
+def decode_echo(data: bytes) -> Echo:
+    if _check_header(data) != TYPE_ECHO:
+        raise ProtocolError("not an echo packet")
+    try:
+        offset = _HEADER.size
+        (seq, sent_at, probe_seq, probe_sent_at, hold, received, highest, jitter,
+         n_rungs) = _ECHO.unpack_from(data, offset)
+        offset += _ECHO.size
+        rungs = []
+        for _ in range(n_rungs):
+            rungs.append(RungReport(*_RUNG_REPORT.unpack_from(data, offset)))
+            offset += _RUNG_REPORT.size
+        n_down = data[offset]
+        offset += 1
+        down = []
+        for _ in range(n_down):
+            down.append(_DOWN_SENT.unpack_from(data, offset))
+            offset += _DOWN_SENT.size
+    except (struct.error, IndexError) as exc:
+        raise ProtocolError("malformed echo packet") from exc
+    if highest == 0xFFFFFFFF:
+        highest = -1
+    return Echo(
+        seq, sent_at, probe_seq, probe_sent_at, hold, received, highest, jitter,
+        tuple(rungs), tuple((int(r), int(s)) for r, s in down),
+    )
+
+
+def encode_load(p: Load, size: int) -> bytes:
+    body = _HEADER.pack(MAGIC, VERSION, TYPE_LOAD) + _LOAD.pack(p.rung, p.seq, p.sent_at)
+    return body.ljust(max(size, LOAD_MIN_SIZE), b"\0")
+
+
+def decode_load(data: bytes) -> Load:
+    if _check_header(data) != TYPE_LOAD or len(data) < LOAD_MIN_SIZE:
+        raise ProtocolError("malformed load packet")
+    rung, seq, sent_at = _LOAD.unpack_from(data, _HEADER.size)
+    return Load(rung, seq, sent_at)
