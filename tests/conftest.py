@@ -1,0 +1,44 @@
+"""Shared fixtures: a real reflector on loopback, and ICE restricted to loopback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import aioice.ice
+import pytest
+
+from netprobe.config import ReflectorSettings, Settings, load_settings
+from netprobe.reflector import Reflector
+
+
+@pytest.fixture
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice skips 127.0.0.1; give it the loopback address so peers meet on loopback."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses",
+                        lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else [])
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture
+def reflector_settings() -> ReflectorSettings:
+    return ReflectorSettings(host="127.0.0.1", port=0)
+
+
+@pytest.fixture
+async def reflector(loopback_ice: None, reflector_settings: ReflectorSettings,
+                    caplog: pytest.LogCaptureFixture) -> AsyncIterator[Reflector]:
+    caplog.set_level(logging.WARNING)
+    r = Reflector(replace(reflector_settings, port=0))
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+    destroyed = [rec for rec in caplog.records if "Task was destroyed" in rec.getMessage()]
+    assert not destroyed, "a task was left pending: " + destroyed[0].getMessage()

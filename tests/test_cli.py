@@ -1,0 +1,140 @@
+"""The command line as a user runs it: real processes, exit codes, output formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+NETPROBE = [sys.executable, "-m", "netprobe"]
+JSON_KEYS = {"schema", "verdict", "confidence", "reasons", "metrics", "duration_s",
+             "started_at"}
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NETPROBE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_local_check_json_is_one_object_and_exit_0() -> None:
+    proc = run("check", "--local", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert JSON_KEYS <= set(doc)
+    assert doc["schema"] == "netprobe.check/1"
+    assert doc["verdict"] == "video" and doc["local"] is True
+    assert set(doc["metrics"]) >= {"rtt_ms", "mos_audio", "up", "down"}
+    for d in ("up", "down"):
+        assert set(doc["metrics"][d]) >= {"kbps", "loss_pct", "jitter_ms"}
+    assert all(set(r) == {"code", "message"} for r in doc["reasons"])
+    assert doc["started_at"].endswith("Z")
+    assert "Traceback" not in proc.stderr
+
+
+def test_local_check_text_puts_verdict_first_and_says_it_was_local() -> None:
+    proc = run("check", "--local")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first == "Your connection is ready for a video session."
+    assert "did not test your internet connection" in proc.stdout
+    assert "Upload" in proc.stdout and "Download" in proc.stdout
+
+
+def test_unreachable_server_exit_12_without_traceback() -> None:
+    t0 = time.monotonic()
+    proc = run("check", "--server", f"http://127.0.0.1:{_free_port()}", "--json",
+               "--max-duration", "5")
+    assert time.monotonic() - t0 < 15
+    assert proc.returncode == 12
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"] == "unknown"
+    assert doc["reasons"][0]["code"] == "server_unreachable"
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_server_text_is_calm() -> None:
+    proc = run("check", "--server", f"http://127.0.0.1:{_free_port()}", "--max-duration", "5")
+    assert proc.returncode == 12
+    assert proc.stdout.startswith("Your connection could not be tested.")
+    assert "phone" in proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("check",),
+    ("check", "--server", "http://x", "--local"),
+    ("check", "--local", "--max-duration", "abc"),
+    ("check", "--local", "--max-duration", "0.5"),
+    ("serve", "--port", "99999"),
+    ("frobnicate",),
+])
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("[probe\nmax_duration_s = 3", "not valid TOML"),
+    ("[probe]\nmax_duration_s = 'soon'", "probe.max_duration_s"),
+    ("[probe]\nwarp = 9", "unknown setting 'warp'"),
+    ("[probe]\nladder_kbps = [800, 300]", "ladder_kbps"),
+    ("[reflector]\nport = -1", "reflector.port"),
+    ("[nonsense]\nx = 1", "unknown section"),
+])
+def test_bad_config_exit_2_names_file_and_key(tmp_path: Path, content: str, needle: str) -> None:
+    cfg = tmp_path / "netprobe.toml"
+    cfg.write_text(content)
+    proc = run("--config", str(cfg), "check", "--local")
+    assert proc.returncode == 2
+    assert str(cfg) in proc.stderr and needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_config_file_exit_2(tmp_path: Path) -> None:
+    proc = run("--config", str(tmp_path / "absent.toml"), "check", "--local")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_serve_answers_checks_and_stops_cleanly_on_sigterm() -> None:
+    port = _free_port()
+    server = subprocess.Popen([*NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert f"127.0.0.1:{port}" in line
+        proc = run("check", "--server", f"http://127.0.0.1:{port}", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["verdict"] == "video"
+        assert json.loads(proc.stdout)["local"] is False
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0
+    assert "Traceback" not in err and "Task was destroyed" not in err
+
+
+def test_serve_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run("serve", "--port", str(port), timeout=20)
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
