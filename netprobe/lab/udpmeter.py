@@ -115,8 +115,6 @@ def _recv(args: argparse.Namespace) -> None:
         now = time.monotonic()
         if len(data) >= _HEADER.size:
             seq, sent_at = _HEADER.unpack_from(data)
-            if seq == 0xFFFFFFFF:  # end marker: the sender's count follows
-                break
             arrivals.append((seq, sent_at, now, len(data) + IP_UDP_OVERHEAD))
         sock.settimeout(args.idle)
     print(json.dumps({"arrivals": arrivals}), flush=True)
