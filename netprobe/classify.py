@@ -86,15 +86,28 @@ class Verdict:
         return VERDICTS.index(self.verdict)
 
 
-def _mbps(kbps: float) -> str:
-    return f"{kbps / 1000:.1f}" if kbps >= 100 else f"{kbps / 1000:.2f}"
+def _mbps(kbps: float, digits: int = 2) -> str:
+    """Mbit/s with `digits` significant digits (at least one decimal below 10 Mbit/s)."""
+    mbps = kbps / 1000
+    if mbps >= 10:
+        return f"{mbps:.0f}"
+    return f"{mbps:.{digits}g}" if mbps < 1 else f"{mbps:.{max(1, digits - 1)}f}"
+
+
+def _mbps_pair(measured: float, needed: float) -> tuple[str, str]:
+    """Both figures, with just enough digits that a shortfall never reads as equal."""
+    for digits in (2, 3, 4):
+        a, b = _mbps(measured, digits), _mbps(needed, 2)
+        if a != b:
+            return a, b
+    return a, b
 
 
 _DIR_WORDS = {
     "up": ("upload", "close other uploads (cloud backup, photo sync, file sharing)"),
     "down": ("download", "pause downloads and streaming on other devices"),
 }
-_CLOSER = "or move closer to your Wi-Fi router or use a cable"
+_CLOSER = "Moving closer to your Wi-Fi router, or using a network cable, often helps."
 
 
 @dataclass
@@ -117,17 +130,19 @@ def _at_most(value: float, limit: float) -> float:
 def _rate_check(d: DirectionMetrics, name: str, need: float, purpose: str) -> _Check:
     word, advice = _DIR_WORDS[name]
     if d.kbps is None:
-        return _Check(False, -1.0, Reason(
+        return _Check(False, 0.0, Reason(
             f"{word}_not_measured",
-            f"Your {word} speed could not be measured, so {purpose} cannot be promised.",
+            f"Your {word} speed could not be measured, so {purpose} cannot be promised. "
+            f"Run the check again; if this repeats, your connection may be dropping out.",
         ))
     margin = 1.0 if d.kbps_at_least and d.kbps >= need else _at_least(d.kbps, need)
     if margin >= 0:
         return _Check(True, margin)
+    measured, needed = _mbps_pair(d.kbps, need)
     return _Check(False, margin, Reason(
         f"{word}_too_slow_for_{purpose.replace(' ', '_')}",
-        f"Your {word} is too slow for {purpose}: {_mbps(d.kbps)} Mbit/s measured, "
-        f"{_mbps(need)} needed. Try to {advice}, {_CLOSER}.",
+        f"Your {word} is too slow for {purpose}: {measured} Mbit/s measured, "
+        f"{needed} needed. Try to {advice}. {_CLOSER}",
     ))
 
 
@@ -136,19 +151,23 @@ def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
               _rate_check(m.down, "down", t.min_kbps, "video")]
     losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
     if not losses:
-        checks.append(_Check(False, -1.0, Reason(
-            "loss_not_measured", "Packet loss could not be measured, so video cannot be promised.")))
+        checks.append(_Check(False, 0.0, Reason(
+            "loss_not_measured",
+            "Packet loss could not be measured, so video cannot be promised. Run the check "
+            "again; if this repeats, your connection may be dropping out.")))
     else:
         loss = max(losses)
         ok = loss <= t.max_loss_pct
         checks.append(_Check(ok, _at_most(loss, t.max_loss_pct), None if ok else Reason(
             "loss_too_high_for_video",
             f"Too much of your data gets lost for smooth video: {loss:.1f} % lost, "
-            f"video needs under {t.max_loss_pct:g} %. This is often weak Wi-Fi: {_CLOSER}.",
+            f"video needs under {t.max_loss_pct:g} %. This is often weak Wi-Fi. {_CLOSER}",
         )))
     if m.rtt_ms is None:
-        checks.append(_Check(False, -1.0, Reason(
-            "rtt_not_measured", "The delay to the server could not be measured.")))
+        checks.append(_Check(False, 0.0, Reason(
+            "rtt_not_measured",
+            "The delay to the test server could not be measured. Run the check again; if "
+            "this repeats, your connection may be dropping out.")))
     else:
         ok = m.rtt_ms <= t.max_rtt_ms
         checks.append(_Check(ok, _at_most(m.rtt_ms, t.max_rtt_ms), None if ok else Reason(
@@ -165,7 +184,7 @@ def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
             "jitter_too_high_for_video",
             f"Your connection is unsteady: delay varies by {jit:.0f} ms, video needs under "
             f"{t.max_jitter_ms:g} ms or the picture will stutter. Other devices using the "
-            f"connection or weak Wi-Fi cause this: pause them, {_CLOSER}.",
+            f"connection or weak Wi-Fi cause this: pause what you can. {_CLOSER}",
         )))
     return checks
 
@@ -174,9 +193,10 @@ def _audio_checks(m: LinkMetrics, t: AudioThresholds) -> list[_Check]:
     checks = [_rate_check(m.up, "up", t.min_kbps, "audio"),
               _rate_check(m.down, "down", t.min_kbps, "audio")]
     if m.mos_audio is None:
-        checks.append(_Check(False, -1.0, Reason(
+        checks.append(_Check(False, 0.0, Reason(
             "audio_quality_not_measured",
-            "Voice quality could not be estimated, so an internet audio call cannot be promised.",
+            "Voice quality could not be estimated, so an internet audio call cannot be "
+            "promised. A phone call is the safe choice; you can also run the check again.",
         )))
     else:
         ok = m.mos_audio >= t.min_mos
@@ -220,7 +240,10 @@ def classify(m: LinkMetrics, t: Thresholds = Thresholds()) -> Verdict:
                        tuple(c.reason for c in video_fails if c.reason))
     audio_fails = [c for c in audio if not c.ok]
     reasons = tuple(c.reason for c in audio_fails if c.reason)
-    reasons += tuple(c.reason for c in video_fails if c.reason and c.reason not in reasons)
+    # A direction too slow for audio is too slow for video too: say it once.
+    implied = {r.code.replace("_for_audio", "_for_video") for r in reasons} | {
+        r.code for r in reasons}
+    reasons += tuple(c.reason for c in video_fails if c.reason and c.reason.code not in implied)
     return Verdict(PHONE, _confidence([max(-c.margin for c in audio_fails)]), reasons)
 
 
@@ -231,15 +254,15 @@ def _video_notes(m: LinkMetrics, t: VideoThresholds) -> tuple[Reason, ...]:
             word, advice = _DIR_WORDS[name]
             notes.append(Reason(
                 f"{word}_marginal_for_video",
-                f"Your {word} ({_mbps(d.kbps)} Mbit/s) is enough for video but without much "
+                f"Your {word} ({_mbps(d.kbps, 2)} Mbit/s) is enough for video but without much "
                 f"room to spare: the picture may be softer. If it stutters, {advice}.",
             ))
     losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
     if losses and max(losses) > t.good_loss_pct:
         notes.append(Reason(
             "loss_marginal_for_video",
-            f"Some data gets lost ({max(losses):.1f} %); video should cope, but {_CLOSER} "
-            f"if the picture freezes.",
+            f"Some data gets lost ({max(losses):.1f} %); video should cope. If the picture "
+            f"freezes: {_CLOSER[0].lower()}{_CLOSER[1:]}",
         ))
     return tuple(notes)
 

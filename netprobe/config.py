@@ -9,6 +9,7 @@ Two files, both documented by comments in `config/`:
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -155,25 +156,57 @@ def _build(cls: Any, table: Any, where: str) -> Any:
     return obj
 
 
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [value]
+    if isinstance(value, tuple):
+        return [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+    return []
+
+
 def _validate(obj: Any, where: str) -> None:
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"{where}.{f.name}: must not be negative, got {value}")
+        for value in _numbers(getattr(obj, f.name)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}.{f.name}: must be a finite number, got {value}")
+            if value < 0:
+                raise ConfigError(f"{where}.{f.name}: must not be negative, got {value}")
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}.{key}: {message}")
+
     if isinstance(obj, ProbeSettings):
-        if not obj.ladder_kbps or sorted(obj.ladder_kbps) != list(obj.ladder_kbps):
-            raise ConfigError(f"{where}.ladder_kbps: give at least one rate, in rising order")
-        if obj.max_duration_s < 2:
-            raise ConfigError(f"{where}.max_duration_s: must be at least 2 seconds")
-        if obj.probe_interval_ms < 5:
-            raise ConfigError(f"{where}.probe_interval_ms: must be at least 5")
+        rates = list(obj.ladder_kbps)
+        need(bool(rates) and all(r > 0 for r in rates)
+             and all(a < b for a, b in zip(rates, rates[1:], strict=False)),
+             "ladder_kbps", "give at least one rate above 0, each higher than the last")
+        need(obj.max_duration_s >= 2, "max_duration_s", "must be at least 2 seconds")
+        need(obj.connect_timeout_s > 0, "connect_timeout_s", "must be above 0")
+        need(obj.probe_interval_ms >= 5, "probe_interval_ms", "must be at least 5")
+        need(obj.rung_duration_s >= 0.1, "rung_duration_s", "must be at least 0.1 seconds")
+        need(obj.rung_pps > 0, "rung_pps", "must be above 0")
+        need(0 < obj.pass_ratio <= 1, "pass_ratio", "must be above 0 and at most 1")
+        need(obj.probe_size <= 1000, "probe_size", "must be at most 1000 bytes")
     if isinstance(obj, ReflectorSettings):
-        if not 0 < obj.port < 65536:
-            raise ConfigError(f"{where}.port: must be 1-65535, got {obj.port}")
-        if obj.max_sessions < 1:
-            raise ConfigError(f"{where}.max_sessions: must be at least 1")
-    if isinstance(obj, VideoThresholds) and obj.good_kbps < obj.min_kbps:
-        raise ConfigError(f"{where}.good_kbps: must not be below min_kbps")
+        need(0 < obj.port < 65536, "port", f"must be 1-65535, got {obj.port}")
+        need(obj.max_sessions >= 1, "max_sessions", "must be at least 1")
+        need(obj.session_timeout_s > 0, "session_timeout_s", "must be above 0")
+        need(obj.max_body_bytes >= 4096, "max_body_bytes", "must be at least 4096")
+    if isinstance(obj, VideoThresholds):
+        need(obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps")
+        need(obj.good_loss_pct <= obj.max_loss_pct, "good_loss_pct",
+             "must not be above max_loss_pct")
+        need(obj.max_loss_pct <= 100, "max_loss_pct", "must be a percentage (0-100)")
+        need(obj.good_rtt_ms <= obj.max_rtt_ms, "good_rtt_ms", "must not be above max_rtt_ms")
+        need(obj.good_jitter_ms <= obj.max_jitter_ms, "good_jitter_ms",
+             "must not be above max_jitter_ms")
+    if isinstance(obj, AudioThresholds):
+        need(obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps")
+        need(1 <= obj.min_mos < 4.5, "min_mos", "must be at least 1 and below 4.5")
+        need(obj.min_mos <= obj.good_mos <= 4.5, "good_mos", "must be min_mos-4.5")
 
 
 def load_thresholds(path: Path | None = None) -> Thresholds:

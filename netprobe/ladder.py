@@ -173,7 +173,8 @@ class Ladder:
 
     def lower_bound(self) -> float:
         """What the link has already been shown to carry, kbit/s (0 if nothing passed)."""
-        passed = [r.rung.rate_kbps for r in self.results.values() if r.passed]
+        passed = [min(r.rung.rate_kbps, r.delivered_kbps) for r in self.results.values()
+                  if r.passed and r.delivered_kbps is not None]
         return max(passed, default=0.0)
 
     def upper_bound(self) -> float:

@@ -102,7 +102,9 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lower = 0.0 if successes <= 0 else max(0.0, centre - half)
+    upper = 1.0 if successes >= trials else min(1.0, centre + half)
+    return (lower, upper)
 
 
 def delivered_kbps(
@@ -127,6 +129,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile, q in [0, 100]. `values` must not be empty."""
     if not values:
         raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0-100, got {q}")
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q / 100
     lo = math.floor(pos)

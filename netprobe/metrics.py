@@ -48,7 +48,8 @@ class LinkMetrics:
 
     @property
     def measured_anything(self) -> bool:
-        return self.connected and (self.rtt_ms is not None or self.up.kbps is not None)
+        return self.connected and (
+            self.rtt_ms is not None or self.up.kbps is not None or self.down.kbps is not None)
 
     def with_changes(self, **changes: Any) -> LinkMetrics:
         return replace(self, **changes)

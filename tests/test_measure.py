@@ -240,7 +240,9 @@ def test_tracker_matches_brute_force_model(case: tuple[int, list[int]]) -> None:
 
 
 @given(_arrivals(), st.data())
-def test_tracker_duplicates_never_reduce_loss(case: tuple[int, list[int]], data: st.DataObject) -> None:
+def test_tracker_duplicates_never_reduce_loss(
+    case: tuple[int, list[int]], data: st.DataObject
+) -> None:
     n, arrivals = case
     plain = SequenceTracker()
     for s in arrivals:
@@ -302,11 +304,6 @@ def test_wilson_contains_p_inside_the_range(case: tuple[int, int]) -> None:
     assert lo < hi
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG measure.py:104-106: at k=0 or k=n the bounds come out 1e-17 inside [0,1] "
-    "from rounding, so the interval excludes the observed proportion",
-)
 @pytest.mark.parametrize("k, n", [(0, 11), (6, 6), (100, 100)])
 def test_wilson_contains_p_at_the_ends(k: int, n: int) -> None:
     # Mathematically lower = 0 exactly when k = 0 and upper = 1 exactly when k = n.

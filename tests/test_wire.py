@@ -1,0 +1,235 @@
+"""Tests for netprobe.wire: probe-protocol packets round-trip, and bad bytes only ever raise
+`ProtocolError`."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netprobe import wire
+from netprobe.errors import NetprobeError, ProtocolError
+from netprobe.wire import (
+    LOAD_MAX_SIZE,
+    LOAD_MIN_SIZE,
+    NO_RUNG,
+    TYPE_ECHO,
+    TYPE_LOAD,
+    TYPE_PROBE,
+    Echo,
+    Load,
+    Probe,
+    RungReport,
+    decode_echo,
+    decode_load,
+    decode_probe,
+    encode_echo,
+    encode_load,
+    encode_probe,
+    packet_type,
+)
+
+U32 = st.integers(0, 2**32 - 1)
+I16 = st.integers(-(2**15), 2**15 - 1)
+U16 = st.integers(0, 2**16 - 1)
+F64 = st.floats(allow_nan=False)  # NaN != NaN would make equality meaningless
+F32 = st.floats(allow_nan=False, width=32)  # hold and jitter travel as 4-byte floats
+
+probes = st.builds(Probe, seq=U32, sent_at=F64, down_rung=I16, down_rate_kbps=U32, down_size=U16)
+rung_reports = st.builds(
+    RungReport, rung=I16, packets=U32, payload_bytes=U32, first_at=F64, last_at=F64,
+    lowest_seq=U32, highest_seq=U32,
+)
+echoes = st.builds(
+    Echo,
+    seq=U32, sent_at=F64, probe_seq=U32, probe_sent_at=F64, hold=F32,
+    up_probes_received=U32,
+    up_probes_highest=st.integers(-1, 2**32 - 2),  # 2**32 - 1 is the wire form of -1
+    up_jitter=F32,
+    up_rungs=st.lists(rung_reports, max_size=5).map(tuple),
+    down_sent=st.lists(st.tuples(I16, U32), max_size=5).map(tuple),
+)
+loads = st.builds(Load, rung=I16, seq=U32, sent_at=F64)
+
+Decoder = Callable[[bytes], object]
+DECODERS: list[Decoder] = [decode_probe, decode_echo, decode_load, packet_type]
+
+
+def _echo_example() -> Echo:
+    return Echo(
+        seq=7, sent_at=12.5, probe_seq=9, probe_sent_at=3.25, hold=2**-10, up_probes_received=9,
+        up_probes_highest=9, up_jitter=2**-8,  # exact in float32
+        up_rungs=(RungReport(0, 100, 12_100, 1.0, 1.6, 0, 99),
+                  RungReport(1, 50, 40_000, 1.6, 2.2, 100, 149)),
+        down_sent=((0, 120), (1, 118)),
+    )
+
+
+# ------------------------------------------------------------------------ round trips
+
+
+@given(probes, st.integers(0, 300))
+def test_probe_round_trip(p: Probe, size: int) -> None:
+    data = encode_probe(p, size)
+    assert len(data) == max(size, 4 + 20)  # header 4 + !IdhIH 4+8+2+4+2 = 20
+    assert packet_type(data) == TYPE_PROBE
+    assert decode_probe(data) == p
+
+
+@given(echoes)
+def test_echo_round_trip(e: Echo) -> None:
+    data = encode_echo(e)
+    # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 6 per down entry
+    assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 6 * len(e.down_sent)
+    assert packet_type(data) == TYPE_ECHO
+    assert decode_echo(data) == e
+
+
+@given(loads, st.integers(0, LOAD_MAX_SIZE))
+def test_load_round_trip(p: Load, size: int) -> None:
+    data = encode_load(p, size)
+    assert len(data) == max(size, LOAD_MIN_SIZE)
+    assert packet_type(data) == TYPE_LOAD
+    assert decode_load(data) == p
+
+
+def test_probe_defaults_round_trip() -> None:
+    p = Probe(seq=0, sent_at=0.0)
+    q = decode_probe(encode_probe(p))
+    assert q.down_rung == NO_RUNG
+    assert q == p
+
+
+def test_echo_before_first_probe_has_highest_minus_one() -> None:
+    e = Echo(0, 1.0, 0, 0.0, 0.0, 0, -1, 0.0)
+    assert decode_echo(encode_echo(e)).up_probes_highest == -1
+
+
+def test_echo_float32_fields_lose_only_float32_precision() -> None:
+    e = Echo(1, 1.0, 1, 1.0, hold=0.0123456789, up_probes_received=1, up_probes_highest=1,
+             up_jitter=0.00345678901)
+    got = decode_echo(encode_echo(e))
+    assert got.hold == pytest.approx(0.0123456789, rel=1e-7)
+    assert got.up_jitter == pytest.approx(0.00345678901, rel=1e-7)
+
+
+def test_load_min_size_is_header_plus_fields() -> None:
+    assert LOAD_MIN_SIZE == 4 + 14  # header + !hId (2 + 4 + 8)
+    assert len(encode_load(Load(0, 0, 0.0), 0)) == LOAD_MIN_SIZE
+
+
+def test_header_bytes() -> None:
+    data = encode_probe(Probe(1, 2.0))
+    assert data[:4] == b"NP" + bytes([wire.VERSION, TYPE_PROBE])
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("decode", DECODERS)
+@given(data=st.binary(max_size=400))
+def test_random_bytes_raise_only_protocol_error(decode: Decoder, data: bytes) -> None:
+    try:
+        decode(data)
+    except ProtocolError:
+        pass
+
+
+@st.composite
+def _headed_garbage(draw: st.DrawFn) -> bytes:
+    """Valid header of a random type followed by random bytes: gets past the header check."""
+    kind = draw(st.sampled_from([TYPE_PROBE, TYPE_ECHO, TYPE_LOAD, 0, 9]))
+    return b"NP" + bytes([wire.VERSION, kind]) + draw(st.binary(max_size=400))
+
+
+@pytest.mark.parametrize("decode", DECODERS)
+@given(data=_headed_garbage())
+def test_garbage_after_valid_header_raises_only_protocol_error(
+    decode: Decoder, data: bytes
+) -> None:
+    try:
+        decode(data)
+    except ProtocolError:
+        pass
+
+
+@given(echoes, st.data())
+def test_echo_with_corrupt_counts_raises_protocol_error(e: Echo, data: st.DataObject) -> None:
+    # Overwrite the rung-count byte (last byte of the fixed part) with a bigger count than
+    # the packet holds: the decoder must run out of bytes and say so as a ProtocolError.
+    raw = bytearray(encode_echo(e))
+    count_at = 4 + 41 - 1
+    raw[count_at] = data.draw(st.integers(len(e.up_rungs) + 1, 255))
+    try:
+        decode_echo(bytes(raw))
+    except ProtocolError:
+        pass
+
+
+def test_truncated_probe_raises() -> None:
+    data = encode_probe(Probe(3, 1.5, 2, 800, 500))
+    for k in range(len(data)):
+        with pytest.raises(ProtocolError):
+            decode_probe(data[:k])
+
+
+def test_truncated_load_raises() -> None:
+    data = encode_load(Load(1, 99, 2.5), 0)
+    for k in range(len(data)):
+        with pytest.raises(ProtocolError):
+            decode_load(data[:k])
+
+
+def test_truncated_echo_raises_at_every_length() -> None:
+    data = encode_echo(_echo_example())
+    assert decode_echo(data) == _echo_example()
+    for k in range(len(data)):
+        with pytest.raises(ProtocolError):
+            decode_echo(data[:k])
+
+
+@given(echoes)
+def test_truncated_echo_property(e: Echo) -> None:
+    data = encode_echo(e)
+    for k in range(0, len(data), 3):
+        with pytest.raises(ProtocolError):
+            decode_echo(data[:k])
+
+
+@pytest.mark.parametrize("data", [b"", b"N", b"NP\x01"])
+def test_packet_type_too_short(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="too short"):
+        packet_type(data)
+
+
+@pytest.mark.parametrize(
+    "data", [b"XP\x01\x01" + bytes(20), b"NQ\x01\x01" + bytes(20), b"NP\x02\x01" + bytes(20)]
+)
+def test_bad_magic_or_version(data: bytes) -> None:
+    for decode in DECODERS:
+        with pytest.raises(ProtocolError):
+            decode(data)
+
+
+def test_each_decoder_rejects_the_other_types() -> None:
+    probe = encode_probe(Probe(1, 1.0), 200)  # long enough to pass any length check
+    echo = encode_echo(_echo_example())
+    load = encode_load(Load(0, 1, 1.0), 200)
+    for data in (echo, load):
+        with pytest.raises(ProtocolError):
+            decode_probe(data)
+    for data in (probe, load):
+        with pytest.raises(ProtocolError):
+            decode_echo(data)
+    for data in (probe, echo):
+        with pytest.raises(ProtocolError):
+            decode_load(data)
+
+
+def test_protocol_error_is_a_netprobe_error() -> None:
+    assert issubclass(ProtocolError, NetprobeError)
+    # and not a struct.error: callers catching NetprobeError must not miss anything
+    assert not issubclass(struct.error, NetprobeError)
