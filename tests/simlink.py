@@ -118,6 +118,8 @@ class Direction:
         return 0.0 if self.rate_kbps is None else wire_bytes * 8 / (self.rate_kbps * 1000)
 
 
+#: Wire size of an echo before the ladder runs (no rung reports, no downlink counts).
+MIN_ECHO_WIRE = len(encode_echo(Echo(0, 0.0, 0, 0.0, 0.0, 0, 0, 0.0))) + PROBE_OVERHEAD_BYTES
 #: Wire size of a typical echo once the ladder runs (3 rung reports, 3 downlink counts).
 TYPICAL_ECHO_WIRE = len(encode_echo(Echo(
     0, 0.0, 0, 0.0, 0.0, 0, 0, 0.0,
@@ -139,11 +141,17 @@ class LinkSpec:
         """Propagation RTT."""
         return self.up.delay_ms + self.down.delay_ms
 
+    def true_rtt_range_ms(self, probe_size: int = 60) -> tuple[float, float]:
+        """Unloaded RTT of a probe and its echo: propagation plus serialisation at the
+        bottlenecks, for the smallest echo (warm-up) and a typical one (ladder running).
+        With jitter the mean is higher still (no reordering holds packets back)."""
+        probe = self.up.serialisation_s(probe_size + PROBE_OVERHEAD_BYTES)
+        return (self.base_rtt_ms + 1000 * (probe + self.down.serialisation_s(MIN_ECHO_WIRE)),
+                self.base_rtt_ms + 1000 * (probe + self.down.serialisation_s(TYPICAL_ECHO_WIRE)))
+
     def true_rtt_ms(self, probe_size: int = 60) -> float:
-        """Unloaded RTT of a probe and its echo: propagation plus serialisation."""
-        return self.base_rtt_ms + 1000 * (
-            self.up.serialisation_s(probe_size + PROBE_OVERHEAD_BYTES)
-            + self.down.serialisation_s(TYPICAL_ECHO_WIRE))
+        """Unloaded RTT of a probe and a warm-up echo."""
+        return self.true_rtt_range_ms(probe_size)[0]
 
     @property
     def connect_time_s(self) -> float:
@@ -163,11 +171,20 @@ class DirectionStats:
     def bump(self, table: dict[str, int], kind: str) -> None:
         table[kind] = table.get(kind, 0) + 1
 
+    def count(self, table: dict[str, int], kinds: tuple[str, ...] | None = None) -> int:
+        """Packets in `table` of the given kinds (all kinds if None)."""
+        return sum(n for k, n in table.items() if kinds is None or k in kinds)
+
     def random_loss_pct(self, kinds: tuple[str, ...] | None = None) -> float | None:
-        """Realised random-loss rate over the packets of `kinds` offered to the link."""
-        ks = kinds or tuple(self.sent)
-        sent = sum(self.sent.get(k, 0) for k in ks)
-        lost = sum(self.lost_random.get(k, 0) for k in ks)
+        """Realised random-loss rate over the packets of `kinds` offered to the link.
+        Kinds: `probe`, `echo`, `load:<rung>`."""
+        sent = self.count(self.sent, kinds)
+        return 100 * self.count(self.lost_random, kinds) / sent if sent else None
+
+    def all_loss_pct(self, kinds: tuple[str, ...] | None = None) -> float | None:
+        """Random loss plus queue drops over the packets of `kinds`."""
+        sent = self.count(self.sent, kinds)
+        lost = self.count(self.lost_random, kinds) + self.count(self.dropped_queue, kinds)
         return 100 * lost / sent if sent else None
 
 
@@ -196,7 +213,7 @@ class LinkDirection:
             return
         if self._bps is not None:
             backlog = max(0.0, self._busy_until - t) * self._bps / 8
-            if backlog + wire_bytes > self._limit:
+            if backlog + wire_bytes > self._limit + 1e-6:  # float slack: exact fits fit
                 st.bump(st.dropped_queue, kind)
                 return
             start = max(t, self._busy_until)
@@ -319,6 +336,8 @@ class SimResult:
     errors: list[str]
     """Exceptions the receive taps swallowed (the engine logs and drops them)."""
     settings: ProbeSettings
+    client_clock: float
+    reflector_clock: float
 
     def ladder(self, name: str) -> list[tuple[float, float | None, bool]]:
         lad = getattr(self.session, name)
@@ -328,15 +347,36 @@ class SimResult:
     def reason_codes(self) -> list[str]:
         return [r.code for r in self.verdict.reasons]
 
-    def true_jitter_ms(self, direction: str, kind: str) -> float | None:
-        """RFC 3550 jitter of the packets of `kind` that actually crossed `direction`."""
-        transits = (self.up_transits if direction == "up" else self.down_transits).get(kind)
-        if not transits:
-            return None
+    def counted_kinds(self, direction: str) -> tuple[str, ...]:
+        """The packets a direction's loss figure is defined on (`session._up_counts`,
+        `_down_counts`): probes (up) or echoes (down), plus load of the rungs that passed."""
+        lad = self.session.up if direction == "up" else self.session.down
+        passed = tuple(f"load:{i}" for i, r in lad.results.items() if r.passed)
+        return ("probe" if direction == "up" else "echo",) + passed
+
+    def true_loss_pct(self, direction: str) -> float | None:
+        """Random loss the link really inflicted on the packets the figure counts."""
+        stats = self.up if direction == "up" else self.down
+        return stats.random_loss_pct(self.counted_kinds(direction))
+
+    def true_jitter_ms(self, direction: str) -> float | None:
+        """RFC 3550 jitter of the very packets netprobe's figure is computed on, from the
+        link's own send and arrival times: up, the probes that reached the reflector before
+        it sent the last echo the client got; down, the echoes the client got."""
+        if direction == "up":
+            last = self.session._last_echo
+            if last is None:
+                return None
+            until = last.sent_at - self.reflector_clock
+            transits = self.up_transits.get("probe", [])
+        else:
+            until = self.total_s
+            transits = self.down_transits.get("echo", [])
         est = JitterEstimator()
         for sent, arrived in transits:
-            est.update(sent, arrived)
-        return est.jitter * 1000
+            if arrived <= until:
+                est.update(sent, arrived)
+        return est.jitter * 1000 if est.samples else None
 
 
 def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = None,
@@ -361,7 +401,7 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
                       lambda t, p=payload: client_on_audio(p, t))
 
     def reflector_send_video(payload: bytes) -> None:
-        downlink.send(len(payload) + LOAD_OVERHEAD_BYTES, "load",
+        downlink.send(len(payload) + LOAD_OVERHEAD_BYTES, _load_kind(payload),
                       lambda t, p=payload: client_on_video(p, t))
 
     def reflector_on_audio(payload: bytes, t: float) -> None:
@@ -422,7 +462,7 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
                     lambda t, p=payload: reflector_on_audio(p, t))
 
     def client_send_load(payload: bytes) -> None:
-        uplink.send(len(payload) + LOAD_OVERHEAD_BYTES, "load",
+        uplink.send(len(payload) + LOAD_OVERHEAD_BYTES, _load_kind(payload),
                     lambda t, p=payload: reflector_on_video(p, t))
 
     t_connect = link.connect_time_s
@@ -495,8 +535,13 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
         stopped_by=state["stopped_by"], stopped_early=state["stopped_early"],
         session_s=end - t_connect, total_s=end, up=uplink.stats, down=downlink.stats,
         up_transits=uplink.transits, down_transits=downlink.transits, errors=errors,
-        settings=cfg,
+        settings=cfg, client_clock=client_clock, reflector_clock=reflector_clock,
     )
+
+
+def _load_kind(payload: bytes) -> str:
+    """Link statistics key of a load packet: `load:<rung>` (read by the harness only)."""
+    return f"load:{decode_load(payload).rung}"
 
 
 def symmetric(delay_ms: float = 5.0, rate_kbps: float | None = None, loss_pct: float = 0.0,
