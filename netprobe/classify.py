@@ -117,6 +117,8 @@ class _Check:
     ok: bool
     margin: float
     reason: Reason | None = None
+    incomplete: bool = False
+    """Failed for want of a measurement, not because a figure was bad."""
 
 
 def _at_least(value: float, limit: float) -> float:
@@ -130,7 +132,7 @@ def _at_most(value: float, limit: float) -> float:
 def _rate_check(d: DirectionMetrics, name: str, need: float, purpose: str) -> _Check:
     word, advice = _DIR_WORDS[name]
     if d.kbps is None:
-        return _Check(False, 0.0, Reason(
+        return _Check(False, 0.0, incomplete=True, reason=Reason(
             f"{word}_not_measured",
             f"Your {word} speed could not be measured, so {purpose} cannot be promised. "
             f"Run the check again; if this repeats, your connection may be dropping out.",
@@ -138,6 +140,14 @@ def _rate_check(d: DirectionMetrics, name: str, need: float, purpose: str) -> _C
     margin = 1.0 if d.kbps_at_least and d.kbps >= need else _at_least(d.kbps, need)
     if margin >= 0:
         return _Check(True, margin)
+    if d.kbps_at_least:
+        # The check stopped before testing this direction any higher (the verdict was
+        # already decided by other figures): not shown to be too slow, just not shown enough.
+        return _Check(False, 0.0, incomplete=True, reason=Reason(
+            f"{word}_not_tested_for_{purpose.replace(' ', '_')}",
+            f"Your {word} was only tested up to {_mbps(d.kbps)} Mbit/s before the check "
+            f"ended; {purpose} needs {_mbps(need)}. Run the check again to test it fully.",
+        ))
     measured, needed = _mbps_pair(d.kbps, need)
     return _Check(False, margin, Reason(
         f"{word}_too_slow_for_{purpose.replace(' ', '_')}",
@@ -151,7 +161,7 @@ def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
               _rate_check(m.down, "down", t.min_kbps, "video")]
     losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
     if not losses:
-        checks.append(_Check(False, 0.0, Reason(
+        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason(
             "loss_not_measured",
             "Packet loss could not be measured, so video cannot be promised. Run the check "
             "again; if this repeats, your connection may be dropping out.")))
@@ -164,7 +174,7 @@ def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
             f"video needs under {t.max_loss_pct:g} %. This is often weak Wi-Fi. {_CLOSER}",
         )))
     if m.rtt_ms is None:
-        checks.append(_Check(False, 0.0, Reason(
+        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason(
             "rtt_not_measured",
             "The delay to the test server could not be measured. Run the check again; if "
             "this repeats, your connection may be dropping out.")))
@@ -193,7 +203,7 @@ def _audio_checks(m: LinkMetrics, t: AudioThresholds) -> list[_Check]:
     checks = [_rate_check(m.up, "up", t.min_kbps, "audio"),
               _rate_check(m.down, "down", t.min_kbps, "audio")]
     if m.mos_audio is None:
-        checks.append(_Check(False, 0.0, Reason(
+        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason(
             "audio_quality_not_measured",
             "Voice quality could not be estimated, so an internet audio call cannot be "
             "promised. A phone call is the safe choice; you can also run the check again.",
@@ -208,6 +218,12 @@ def _audio_checks(m: LinkMetrics, t: AudioThresholds) -> list[_Check]:
             f"will be more reliable.",
         )))
     return checks
+
+
+def _decisive(fails: list[_Check]) -> list[_Check]:
+    """The failures to explain: those of bad figures if any, else the missing ones."""
+    bad = [c for c in fails if not c.incomplete]
+    return bad or fails
 
 
 def _confidence(margins: list[float]) -> float:
@@ -230,7 +246,7 @@ def classify(m: LinkMetrics, t: Thresholds = Thresholds()) -> Verdict:
         notes = _video_notes(m, t.video)
         return Verdict(VIDEO, _confidence([c.margin for c in video]), (Reason(
             "video_ok", "Your connection can hold a video session."),) + notes)
-    video_fails = [c for c in video if not c.ok]
+    video_fails = _decisive([c for c in video if not c.ok])
     audio = _audio_checks(m, t.audio)
     if all(c.ok for c in audio):
         # Sure of audio_only as far as the nearest audio threshold and the clearest video
@@ -238,7 +254,7 @@ def classify(m: LinkMetrics, t: Thresholds = Thresholds()) -> Verdict:
         margins = [c.margin for c in audio] + [max(-c.margin for c in video_fails)]
         return Verdict(AUDIO_ONLY, _confidence(margins),
                        tuple(c.reason for c in video_fails if c.reason))
-    audio_fails = [c for c in audio if not c.ok]
+    audio_fails = _decisive([c for c in audio if not c.ok])
     reasons = tuple(c.reason for c in audio_fails if c.reason)
     # A direction too slow for audio is too slow for video too: say it once.
     implied = {r.code.replace("_for_audio", "_for_video") for r in reasons} | {

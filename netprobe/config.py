@@ -33,7 +33,7 @@ class IceServer:
 class ProbeSettings:
     max_duration_s: float = 15.0
     """Hard cap on a whole check, connection set-up included."""
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 12.0
     """Longest wait for signalling and the WebRTC connection (within the hard cap)."""
     warmup_s: float = 0.5
     """Probes only, before the first ladder rung: the unloaded RTT and loss."""
@@ -47,8 +47,8 @@ class ProbeSettings:
     """Load rates tried in turn, each direction, kbit/s of wire bytes."""
     rung_duration_s: float = 0.6
     """How long each rung is sent."""
-    rung_pps: float = 200.0
-    """Target packets per second of a rung (sets the packet size, within 100-1200 bytes)."""
+    rung_pps: float = 300.0
+    """Target packets per second of a rung (sets the packet size, within 60-1200 bytes)."""
     pass_ratio: float = 0.85
     """A rung passes if it delivered at least this share of its rate (after random loss)."""
     ice_servers: tuple[IceServer, ...] = ()
@@ -186,7 +186,7 @@ def _validate(obj: Any, where: str) -> None:
         need(obj.max_duration_s >= 2, "max_duration_s", "must be at least 2 seconds")
         need(obj.connect_timeout_s > 0, "connect_timeout_s", "must be above 0")
         need(obj.probe_interval_ms >= 5, "probe_interval_ms", "must be at least 5")
-        need(obj.rung_duration_s >= 0.1, "rung_duration_s", "must be at least 0.1 seconds")
+        need(0.1 <= obj.rung_duration_s <= 30, "rung_duration_s", "must be 0.1-30 seconds")
         need(obj.rung_pps > 0, "rung_pps", "must be above 0")
         need(0 < obj.pass_ratio <= 1, "pass_ratio", "must be above 0 and at most 1")
         need(obj.probe_size <= 1000, "probe_size", "must be at most 1000 bytes")

@@ -1,12 +1,15 @@
 """The bitrate ladder of one direction (pure state machine: `now` is always an argument).
 
-Rungs are sent back to back, each for `duration` seconds. A rung is judged once its last
-packets had time to arrive (`settle`, about one RTT): it *passes* if the receiver got its
-packets at close to the rate they were sent, after allowing for the random loss the probes
-measured. A bottleneck spaces arrivals at its own rate and a queue holds packets back, so a
-rung above the link's capacity fails, and the rate it was delivered at is the capacity
-estimate. The ladder stops at the first failure, or after the top rung passes (then the link
-can do *at least* that much: we do not need to find the top of a fast link).
+Rungs are tried one at a time: a rung is sent for `duration` seconds, then judged as soon as
+the evidence is final (the receiver has seen everything the rung will deliver), and only then
+does the next rung start. Nothing overlaps, so each rung meets an empty bottleneck queue and
+its judgement never mixes in a neighbour's packets.
+
+A rung *passes* if the receiver got its packets at close to the rate they were sent, after
+allowing for the random loss the probes measured. A bottleneck spaces arrivals at its own
+rate and its queue holds packets back, so a rung above the link's capacity fails, and the
+rate it was delivered at is the capacity estimate. The ladder stops at the first failure, or
+after the top rung passes (then the link can do *at least* that much).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from dataclasses import dataclass
 from .measure import LOAD_OVERHEAD_BYTES, delivered_kbps
 from .wire import LOAD_MAX_SIZE
 
-MIN_PAYLOAD = 100
+MIN_PAYLOAD = 60
+#: After a rung that saturated the link, its queue takes a while to drain: probes sent this
+#: long after the rung was judged still count as "loaded" (seconds).
+DRAIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class RungObservation:
     sent: int
     """Packets the sender sent in the rung."""
     received: int
-    """Distinct packets the receiver got so far."""
+    """Distinct packets the receiver got."""
     payload_bytes: int
     """Their payload bytes."""
     first_at: float
@@ -68,6 +74,8 @@ class RungResult:
     """Arrival rate of the rung's packets, kbit/s of wire bytes; None if too few arrived."""
     delivery_ratio: float
     """Received / sent packets when judged."""
+    final: bool = True
+    """False if judged on a timeout, without proof that every packet had arrived."""
 
 
 class Ladder:
@@ -79,10 +87,12 @@ class Ladder:
         self.pass_ratio = pass_ratio
         self._current: int | None = None
         self._started_at: dict[int, float] = {}
-        self._ended_at: dict[int, float] = {}
+        self._judged_at: dict[int, float] = {}
+        self._aborted_at: float | None = None
         self.results: dict[int, RungResult] = {}
         self.done = False
-        """True once the capacity is known (a rung failed, or the top rung passed)."""
+        """True once the capacity is known (a rung failed, or the top rung passed), or the
+        ladder was aborted."""
 
     @property
     def started(self) -> bool:
@@ -93,63 +103,67 @@ class Ladder:
             self._current = 0
             self._started_at[0] = now
 
-    def abort(self) -> None:
-        """Stop sending: the verdict no longer depends on this direction's capacity."""
+    def abort(self, now: float) -> None:
+        """Stop: the verdict no longer depends on this direction's capacity. A rung still
+        in progress keeps its loaded window, closed at `now`."""
+        if not self.done and self._current is not None and self._current not in self.results:
+            self._aborted_at = now
         self.done = True
 
-    def sending(self, now: float) -> Rung | None:
-        """The rung to send at `now`, or None when nothing should be sent."""
+    def current(self) -> Rung | None:
+        """The rung being sent or awaiting judgement, or None."""
         if self.done or self._current is None:
             return None
-        i = self._current
-        if i in self._ended_at:
-            return None
-        if now >= self._started_at[i] + self.duration:
-            self._ended_at[i] = now
-            if i + 1 < len(self.rungs):
-                self._current = i + 1
-                self._started_at[i + 1] = now
-            else:
-                return None
         return self.rungs[self._current]
 
-    def rung_at(self, t: float) -> int | None:
-        """Index of the rung that was being sent at time `t`, if any."""
-        for i, start in self._started_at.items():
-            if start <= t < self._ended_at.get(i, float("inf")):
-                return i
-        return None
+    def started_at(self, index: int) -> float | None:
+        return self._started_at.get(index)
+
+    def end_of(self, index: int) -> float:
+        """When the rung stops being sent (sender's clock)."""
+        return self._started_at[index] + self.duration
+
+    def sending(self, now: float) -> Rung | None:
+        """The rung to send at `now` (for the sender's own pacing), or None."""
+        rung = self.current()
+        if rung is None or now >= self.end_of(rung.index):
+            return None
+        return rung
 
     def evaluate(
         self,
         now: float,
         observe: Callable[[int], RungObservation | None],
         base_loss: float,
-        settle: float,
-    ) -> None:
-        """Judge every rung that ended at least `settle` seconds ago."""
-        if self.done:
-            return
-        for i in sorted(self._ended_at):
-            if i in self.results or now < self._ended_at[i] + settle:
-                continue
-            result = self._judge(self.rungs[i], observe(i), base_loss)
-            self.results[i] = result
-            if not result.passed or i == len(self.rungs) - 1:
-                self.done = True
-                # A rung sent after the failed one measures the same bottleneck: count it.
-                nxt = i + 1
-                if not result.passed and nxt < len(self.rungs) and nxt in self._started_at:
-                    extra = self._judge(self.rungs[nxt], observe(nxt), base_loss)
-                    if extra.delivered_kbps is not None:
-                        self.results[nxt] = RungResult(extra.rung, False, extra.delivered_kbps,
-                                                       extra.delivery_ratio)
-                return
+        is_final: Callable[[int], bool],
+        timeout: float,
+    ) -> RungResult | None:
+        """Judge the current rung once `is_final(rung)` says every packet is in, or once
+        `timeout` seconds have passed since it should have ended. Returns the new result."""
+        rung = self.current()
+        if rung is None:
+            return None
+        i = rung.index
+        final = is_final(i)
+        if not final and now < self.end_of(i) + timeout:
+            return None
+        if final and now < self.end_of(i):
+            return None
+        result = self._judge(rung, observe(i), base_loss, final)
+        self.results[i] = result
+        self._judged_at[i] = now
+        if result.passed and i + 1 < len(self.rungs):
+            self._current = i + 1
+            self._started_at[i + 1] = now
+        else:
+            self.done = True
+        return result
 
-    def _judge(self, rung: Rung, obs: RungObservation | None, base_loss: float) -> RungResult:
+    def _judge(self, rung: Rung, obs: RungObservation | None, base_loss: float,
+               final: bool) -> RungResult:
         if obs is None or obs.sent == 0:
-            return RungResult(rung, False, None, 0.0)
-        ratio = obs.received / obs.sent
+            return RungResult(rung, False, None, 0.0, final)
+        ratio = min(1.0, obs.received / obs.sent)
         rate = delivered_kbps(obs.received, obs.payload_bytes, obs.first_at, obs.last_at)
         keep = 1.0 - min(max(base_loss, 0.0), 0.9)
         passed = (
@@ -157,22 +171,21 @@ class Ladder:
             and ratio >= self.pass_ratio * keep
             and rate >= self.pass_ratio * keep * rung.rate_kbps
         )
-        return RungResult(rung, passed, rate, ratio)
+        return RungResult(rung, passed, rate, ratio, final)
 
     def capacity(self) -> tuple[float | None, bool]:
         """(kbit/s, at_least). `at_least` when no judged rung failed: the link carried
         everything tried (the top rung, or as far as the check went). None if nothing judged."""
         if not self.results:
             return (None, False)
-        rates = [r.delivered_kbps for r in self.results.values() if r.delivered_kbps is not None]
         if all(r.passed for r in self.results.values()):
-            # Passed rungs arrive at about their send rate: report the highest one passed,
-            # never more than its nominal rate (arrival-time noise could overstate it).
-            return (min(max(rates), self.lower_bound()), True)
+            return (self.lower_bound(), True)
+        rates = [r.delivered_kbps for r in self.results.values() if r.delivered_kbps is not None]
         return (max(rates, default=0.0), False)
 
     def lower_bound(self) -> float:
-        """What the link has already been shown to carry, kbit/s (0 if nothing passed)."""
+        """What the link has been shown to carry, kbit/s (0 if nothing passed): the delivered
+        rate of the passed rungs, never above their nominal rate."""
         passed = [min(r.rung.rate_kbps, r.delivered_kbps) for r in self.results.values()
                   if r.passed and r.delivered_kbps is not None]
         return max(passed, default=0.0)
@@ -180,13 +193,29 @@ class Ladder:
     def upper_bound(self) -> float:
         """What the link might still carry, kbit/s (infinite until a rung fails)."""
         kbps, at_least = self.capacity()
-        if not self.done or at_least or kbps is None:
+        if at_least or kbps is None or not any(not r.passed for r in self.results.values()):
             return float("inf")
         return kbps
 
-    def failed_rungs(self) -> set[int]:
-        """Rungs that saturated the link (their RTT samples show queueing, not the base RTT)."""
-        return {i for i, r in self.results.items() if not r.passed}
+    def loaded_windows(self) -> list[tuple[float, float]]:
+        """Times (sender's clock) when a rung saturated the link, queue drain included.
+
+        Probes sent then measure our own congestion, not the link: their RTT and loss are
+        kept apart. While a rung is still being judged its window is open-ended.
+        """
+        windows = []
+        for i, start in self._started_at.items():
+            result = self.results.get(i)
+            if result is not None and result.passed:
+                continue
+            end = self._judged_at.get(i)
+            if result is None:
+                if self._current != i:
+                    continue
+                if self.done:  # aborted while in progress
+                    end = self._aborted_at
+            windows.append((start, float("inf") if end is None else end + DRAIN_S))
+        return windows
 
     def in_flight(self) -> bool:
         """True while a rung is being sent or awaits judgement."""

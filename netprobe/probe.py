@@ -132,7 +132,8 @@ async def run_check(
             ), started_at, t0, local, shown_server)
 
         now = time.monotonic()
-        session = ClientSession(cfg, settings.thresholds, now)
+        deadline = t0 + cfg.max_duration_s - 0.2
+        session = ClientSession(cfg, settings.thresholds, now, deadline)
         _attach_taps(pc, session)
         interval = cfg.probe_interval_ms / 1000
         pacers = [
@@ -142,7 +143,6 @@ async def run_check(
         ]
         for pacer in pacers:
             pacer.start()
-        deadline = t0 + cfg.max_duration_s - 0.2
         stopped_early = False
         while True:
             await asyncio.sleep(0.05)

@@ -39,6 +39,7 @@ class DownRequest:
     rung: int
     rate_kbps: int
     payload_size: int
+    duration_s: float
 
 
 class Responder:
@@ -49,6 +50,8 @@ class Responder:
         self._up: dict[int, RungCount] = {}
         self._request: DownRequest | None = None
         self._request_at = 0.0
+        self._down_started: dict[int, float] = {}
+        self._down_finished: set[int] = set()
         self._down_seq = 0
         self._down_sent: dict[int, int] = {}
         self.probes_seen = 0
@@ -59,23 +62,36 @@ class Responder:
         if not self._probes.add(probe.seq):
             return
         self._jitter.update(probe.sent_at, now)
-        if probe.seq >= self._probes.highest:  # the newest probe carries the newest request
-            self._request_at = now
-            if probe.down_rung == NO_RUNG or probe.down_rate_kbps <= 0:
-                self._request = None
-            else:
-                self._request = DownRequest(probe.down_rung, probe.down_rate_kbps,
-                                            probe.down_size)
+        if probe.seq < self._probes.highest:
+            return  # a late, reordered probe carries a stale request
+        self._request_at = now
+        if probe.down_rung == NO_RUNG or probe.down_rate_kbps <= 0:
+            self._finish_current()
+            return
+        if probe.down_rung in self._down_started:
+            return  # already sending it, or already sent it: never restart a rung
+        self._finish_current()
+        self._request = DownRequest(probe.down_rung, probe.down_rate_kbps,
+                                    max(probe.down_size, 1), probe.down_duration_ms / 1000)
+        self._down_started[probe.down_rung] = now
+        self._down_sent.setdefault(probe.down_rung, 0)
+
+    def _finish_current(self) -> None:
+        if self._request is not None:
+            self._down_finished.add(self._request.rung)
+            self._request = None
 
     def echo(self, probe: Probe, received_at: float, now: float) -> Echo:
         """The echo answering `probe` (received at `received_at`), to be sent at `now`."""
+        self.down_request(now)  # marks a rung finished once its time is up
         recent = sorted(self._up)[-REPORTED_RUNGS:]
         reports = tuple(
             RungReport(i, c.seqs.received, c.payload_bytes, c.first_at, c.last_at,
                        c.seqs.lowest or 0, max(c.seqs.highest, 0))
             for i in recent for c in (self._up[i],)
         )
-        down = tuple((i, self._down_sent[i]) for i in sorted(self._down_sent)[-REPORTED_RUNGS:])
+        down = tuple((i, self._down_sent[i], i in self._down_finished)
+                     for i in sorted(self._down_sent)[-REPORTED_RUNGS:])
         echo = Echo(
             seq=self._echo_seq,
             sent_at=now,
@@ -97,10 +113,16 @@ class Responder:
         self._up.setdefault(load.rung, RungCount()).add(load.seq, payload_size, now)
 
     def down_request(self, now: float) -> DownRequest | None:
-        """The downlink rung to send now, or None (none asked, or the client went quiet)."""
-        if self._request is None or now - self._request_at > REQUEST_TTL:
+        """The downlink rung to send now, or None: none asked for, its time is up, or the
+        client went quiet (no probe for `REQUEST_TTL` seconds)."""
+        request = self._request
+        if request is None:
             return None
-        return self._request
+        if now - self._down_started[request.rung] >= request.duration_s or \
+                now - self._request_at > REQUEST_TTL:
+            self._finish_current()
+            return None
+        return request
 
     def next_down_load(self, request: DownRequest, now: float) -> Load:
         load = Load(request.rung, self._down_seq, now)

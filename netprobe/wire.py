@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from .errors import ProtocolError
 
 MAGIC = b"NP"
-VERSION = 1
+VERSION = 2
 
 TYPE_PROBE = 1
 TYPE_ECHO = 2
 TYPE_LOAD = 3
 
 _HEADER = struct.Struct("!2sBB")
-_PROBE = struct.Struct("!IdhIH")
+_PROBE = struct.Struct("!IdhIHH")
 _ECHO = struct.Struct("!IdIdfIIfB")
 _RUNG_REPORT = struct.Struct("!hIIddII")
-_DOWN_SENT = struct.Struct("!hI")
+_DOWN_SENT = struct.Struct("!hIB")
 _LOAD = struct.Struct("!hId")
 
 NO_RUNG = -1
@@ -56,6 +56,8 @@ class Probe:
     """Rate of the requested downlink rung in kbit/s (counting IP packet bytes)."""
     down_size: int = 0
     """Payload size of the requested downlink load packets, in bytes."""
+    down_duration_ms: int = 0
+    """How long the reflector sends the requested rung, from when it first sees the request."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,10 @@ class Echo:
     """RFC 3550 interarrival jitter of the probes on the uplink, in seconds."""
     up_rungs: tuple[RungReport, ...] = ()
     """Uplink load received, for the most recent rungs (at most 3)."""
-    down_sent: tuple[tuple[int, int], ...] = ()
-    """(rung, packets sent) of the reflector's downlink load, for the most recent rungs."""
+    down_sent: tuple[tuple[int, int, bool], ...] = ()
+    """(rung, packets sent, finished) of the reflector's downlink load, most recent rungs.
+    `finished` means the rung's last packet left before this echo, so (both travelling the
+    same path) every packet of the rung that will arrive has arrived before the echo."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ def packet_type(data: bytes) -> int:
 
 def encode_probe(p: Probe, size: int = 0) -> bytes:
     body = _HEADER.pack(MAGIC, VERSION, TYPE_PROBE) + _PROBE.pack(
-        p.seq, p.sent_at, p.down_rung, p.down_rate_kbps, p.down_size
+        p.seq, p.sent_at, p.down_rung, p.down_rate_kbps, p.down_size, p.down_duration_ms
     )
     return body.ljust(size, b"\0")
 
@@ -136,8 +140,8 @@ def encode_probe(p: Probe, size: int = 0) -> bytes:
 def decode_probe(data: bytes) -> Probe:
     if _check_header(data) != TYPE_PROBE or len(data) < _HEADER.size + _PROBE.size:
         raise ProtocolError("malformed probe packet")
-    seq, sent_at, rung, rate, size = _PROBE.unpack_from(data, _HEADER.size)
-    return Probe(seq, sent_at, rung, rate, size)
+    seq, sent_at, rung, rate, size, duration = _PROBE.unpack_from(data, _HEADER.size)
+    return Probe(seq, sent_at, rung, rate, size, duration)
 
 
 def encode_echo(e: Echo) -> bytes:
@@ -163,8 +167,8 @@ def encode_echo(e: Echo) -> bytes:
             )
         )
     parts.append(bytes([len(e.down_sent)]))
-    for rung, sent in e.down_sent:
-        parts.append(_DOWN_SENT.pack(rung, sent))
+    for rung, sent, finished in e.down_sent:
+        parts.append(_DOWN_SENT.pack(rung, sent, 1 if finished else 0))
     return b"".join(parts)
 
 
@@ -192,7 +196,7 @@ def decode_echo(data: bytes) -> Echo:
         highest = -1
     return Echo(
         seq, sent_at, probe_seq, probe_sent_at, hold, received, highest, jitter,
-        tuple(rungs), tuple((int(r), int(s)) for r, s in down),
+        tuple(rungs), tuple((int(r), int(s), bool(f)) for r, s, f in down),
     )
 
 

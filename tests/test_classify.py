@@ -43,6 +43,10 @@ KNOWN_CODES = {
     "loss_not_measured",
     "rtt_not_measured",
     "audio_quality_not_measured",
+    "upload_not_tested_for_video",
+    "download_not_tested_for_video",
+    "upload_not_tested_for_audio",
+    "download_not_tested_for_audio",
     "upload_too_slow_for_video",
     "download_too_slow_for_video",
     "upload_too_slow_for_audio",
@@ -258,6 +262,9 @@ def _reason_examples() -> list[Verdict]:
             link(up_kbps=30, down_kbps=30, at_least=False),
             link(up_kbps=None), link(down_kbps=None), link(loss=None, mos=4.0),
             link(rtt=None, mos=4.0), link(up_kbps=200, up_at_least=False, mos=None),
+            # the ladder stopped early: shown to carry "at least" less than the need
+            link(up_kbps=300, down_kbps=300, at_least=True),
+            link(up_kbps=50, down_kbps=50, at_least=True),
         )
     ]
 
@@ -542,3 +549,97 @@ def test_metrics_json_and_measured_anything() -> None:
     assert not LinkMetrics(rtt_ms=10).measured_anything  # not connected
     assert LinkMetrics(rtt_ms=10, connected=True).measured_anything
     assert m.with_changes(rtt_ms=99).rtt_ms == 99
+
+
+def test_untested_direction_after_early_stop_is_not_blamed() -> None:
+    # A check that stopped early (RTT decided the verdict) tested the upload only up to
+    # 300 kbit/s: the upload must not be called "too slow", only "not tested further".
+    m = link(rtt=600, up_kbps=300, down_kbps=300, at_least=True)
+    v = classify(m)
+    assert v.verdict == AUDIO_ONLY
+    assert codes(v) == ["rtt_too_high_for_video"]
+    m = link(up_kbps=300, down_kbps=300, at_least=True)
+    v = classify(m)  # nothing else is wrong: then the missing test is the reason
+    assert v.verdict == AUDIO_ONLY
+    assert set(codes(v)) == {"upload_not_tested_for_video", "download_not_tested_for_video"}
+
+
+_INCOMPLETE = re.compile(r"_not_measured$|_not_tested_for_")
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_at_least_rate_below_need_is_not_tested_rather_than_too_slow(direction: str) -> None:
+    word = "upload" if direction == "up" else "download"
+    # shown to carry at least 300 kbit/s, video needs 600: not shown enough, not "too slow"
+    v = classify(link(**{f"{direction}_kbps": 300}))  # type: ignore[arg-type]
+    assert v.verdict == AUDIO_ONLY
+    assert codes(v) == [f"{word}_not_tested_for_video"]
+    msg = v.reasons[0].message
+    assert word in msg and "0.3" in msg and "0.6" in msg
+    assert "too slow" not in msg
+    # the same figure, measured as the link's limit, is too slow
+    m = link(**{f"{direction}_kbps": 300}, at_least=False)  # type: ignore[arg-type]
+    assert codes(classify(m)) == [f"{word}_too_slow_for_video"]
+    # at least 50, audio needs 100: not tested for audio, said once (video is implied)
+    v = classify(link(**{f"{direction}_kbps": 50}))  # type: ignore[arg-type]
+    assert v.verdict == PHONE
+    assert codes(v) == [f"{word}_not_tested_for_audio"]
+    assert "0.05" in v.reasons[0].message and "0.1" in v.reasons[0].message
+
+
+def test_at_least_rate_at_or_above_need_passes() -> None:
+    assert classify(link(up_kbps=600, down_kbps=600, at_least=True)).verdict == VIDEO
+    v = classify(link(up_kbps=100, down_kbps=100, at_least=True))
+    assert v.verdict == AUDIO_ONLY
+    assert set(codes(v)) == {"upload_not_tested_for_video", "download_not_tested_for_video"}
+
+
+def test_missing_measurements_not_listed_when_a_figure_is_bad() -> None:
+    # video level: a bad RTT or jitter hides "loss/rtt not measured" and "not tested"
+    v = classify(link(loss=None, rtt=600, mos=4.0))
+    assert (v.verdict, codes(v)) == (AUDIO_ONLY, ["rtt_too_high_for_video"])
+    v = classify(link(rtt=None, jitter=60, mos=4.0))
+    assert (v.verdict, codes(v)) == (AUDIO_ONLY, ["jitter_too_high_for_video"])
+    v = classify(link(up_kbps=300, loss=8, mos=4.0))
+    assert (v.verdict, codes(v)) == (AUDIO_ONLY, ["loss_too_high_for_video"])
+    # audio level: a too-slow upload hides the missing voice-quality estimate
+    v = classify(link(up_kbps=30, up_at_least=False, mos=None))
+    assert (v.verdict, codes(v)) == (PHONE, ["upload_too_slow_for_audio"])
+    v = classify(link(down_kbps=50, loss=30))
+    assert v.verdict == PHONE
+    assert codes(v) == ["audio_quality_too_low", "loss_too_high_for_video"]
+
+
+def test_missing_measurements_listed_when_nothing_is_bad() -> None:
+    v = classify(link(loss=None, rtt=None, mos=4.0))
+    assert v.verdict == AUDIO_ONLY
+    assert codes(v) == ["loss_not_measured", "rtt_not_measured"]
+    v = classify(link(up_kbps=300, loss=None, mos=4.0))
+    assert v.verdict == AUDIO_ONLY
+    assert codes(v) == ["upload_not_tested_for_video", "loss_not_measured"]
+    # the verdict rests on missing evidence only: as unsure as at a threshold
+    assert v.confidence == 0.5
+    v = classify(link(up_kbps=50, mos=None))
+    assert v.verdict == PHONE
+    assert codes(v) == ["upload_not_tested_for_audio", "audio_quality_not_measured"]
+
+
+@settings(max_examples=300)
+@given(metrics())
+def test_at_least_direction_never_called_too_slow(m: LinkMetrics) -> None:
+    v = classify(m)
+    for name, d in (("upload", m.up), ("download", m.down)):
+        if d.kbps_at_least:
+            assert not any(c.startswith(f"{name}_too_slow") for c in codes(v)), (m, codes(v))
+        else:
+            assert not any(c.startswith(f"{name}_not_tested") for c in codes(v)), (m, codes(v))
+
+
+@settings(max_examples=300)
+@given(metrics())
+def test_audio_only_reasons_never_mix_bad_and_missing(m: LinkMetrics) -> None:
+    # audio_only's reasons are the video failures: the bad figures if any, else the missing
+    v = classify(m)
+    if v.verdict == AUDIO_ONLY:
+        incomplete = [bool(_INCOMPLETE.search(c)) for c in codes(v)]
+        assert all(incomplete) or not any(incomplete), codes(v)

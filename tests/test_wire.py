@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from netprobe import wire
-from netprobe.errors import NetprobeError, ProtocolError
+from netprobe.classify import Thresholds
+from netprobe.config import ProbeSettings, load_settings
+from netprobe.errors import ConfigError, NetprobeError, ProtocolError
+from netprobe.responder import Responder
+from netprobe.session import ClientSession
 from netprobe.wire import (
     LOAD_MAX_SIZE,
     LOAD_MIN_SIZE,
@@ -38,7 +43,8 @@ U16 = st.integers(0, 2**16 - 1)
 F64 = st.floats(allow_nan=False)  # NaN != NaN would make equality meaningless
 F32 = st.floats(allow_nan=False, width=32)  # hold and jitter travel as 4-byte floats
 
-probes = st.builds(Probe, seq=U32, sent_at=F64, down_rung=I16, down_rate_kbps=U32, down_size=U16)
+probes = st.builds(Probe, seq=U32, sent_at=F64, down_rung=I16, down_rate_kbps=U32, down_size=U16,
+                   down_duration_ms=U16)
 rung_reports = st.builds(
     RungReport, rung=I16, packets=U32, payload_bytes=U32, first_at=F64, last_at=F64,
     lowest_seq=U32, highest_seq=U32,
@@ -50,7 +56,7 @@ echoes = st.builds(
     up_probes_highest=st.integers(-1, 2**32 - 2),  # 2**32 - 1 is the wire form of -1
     up_jitter=F32,
     up_rungs=st.lists(rung_reports, max_size=5).map(tuple),
-    down_sent=st.lists(st.tuples(I16, U32), max_size=5).map(tuple),
+    down_sent=st.lists(st.tuples(I16, U32, st.booleans()), max_size=5).map(tuple),
 )
 loads = st.builds(Load, rung=I16, seq=U32, sent_at=F64)
 
@@ -64,7 +70,7 @@ def _echo_example() -> Echo:
         up_probes_highest=9, up_jitter=2**-8,  # exact in float32
         up_rungs=(RungReport(0, 100, 12_100, 1.0, 1.6, 0, 99),
                   RungReport(1, 50, 40_000, 1.6, 2.2, 100, 149)),
-        down_sent=((0, 120), (1, 118)),
+        down_sent=((0, 120, True), (1, 118, False)),
     )
 
 
@@ -74,7 +80,7 @@ def _echo_example() -> Echo:
 @given(probes, st.integers(0, 300))
 def test_probe_round_trip(p: Probe, size: int) -> None:
     data = encode_probe(p, size)
-    assert len(data) == max(size, 4 + 20)  # header 4 + !IdhIH 4+8+2+4+2 = 20
+    assert len(data) == max(size, 4 + 22)  # header 4 + !IdhIHH 4+8+2+4+2+2 = 22
     assert packet_type(data) == TYPE_PROBE
     assert decode_probe(data) == p
 
@@ -82,8 +88,8 @@ def test_probe_round_trip(p: Probe, size: int) -> None:
 @given(echoes)
 def test_echo_round_trip(e: Echo) -> None:
     data = encode_echo(e)
-    # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 6 per down entry
-    assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 6 * len(e.down_sent)
+    # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 7 per down entry (!hIB)
+    assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 7 * len(e.down_sent)
     assert packet_type(data) == TYPE_ECHO
     assert decode_echo(data) == e
 
@@ -101,6 +107,75 @@ def test_probe_defaults_round_trip() -> None:
     q = decode_probe(encode_probe(p))
     assert q.down_rung == NO_RUNG
     assert q == p
+
+
+def test_probe_duration_field_layout_and_range() -> None:
+    # down_duration_ms is a u16 after down_size: bytes 24-25 of the packet
+    p = Probe(seq=1, sent_at=2.0, down_rung=3, down_rate_kbps=800, down_size=434,
+              down_duration_ms=600)
+    data = encode_probe(p)
+    assert data[22:24] == (434).to_bytes(2, "big")
+    assert data[24:26] == (600).to_bytes(2, "big")
+    assert decode_probe(data).down_duration_ms == 600
+    for ms in (0, 1, 65_535):
+        q = Probe(9, 1.0, 0, 300, 60, down_duration_ms=ms)
+        assert decode_probe(encode_probe(q, 60)) == q
+    assert Probe(0, 0.0).down_duration_ms == 0  # no rung asked for: no duration
+
+
+def test_session_probe_carries_the_rung_duration_to_the_responder() -> None:
+    # The client's request, through the wire, sets how long the reflector sends the rung.
+    settings = ProbeSettings()
+    session = ClientSession(settings, Thresholds(), 0.0)
+    idle = decode_probe(encode_probe(session.next_probe(0.0), settings.probe_size))
+    assert (idle.down_rung, idle.down_duration_ms) == (NO_RUNG, 0)
+    session.down.start(0.0)
+    probe = decode_probe(encode_probe(session.next_probe(0.1), settings.probe_size))
+    assert probe.down_rung == 0
+    assert probe.down_duration_ms == round(settings.rung_duration_s * 1000)
+    responder = Responder()
+    responder.on_probe(probe, 10.0)
+    request = responder.down_request(10.0)
+    assert request is not None and request.rung == 0
+    assert request.duration_s == pytest.approx(settings.rung_duration_s)
+    assert responder.down_request(10.0 + settings.rung_duration_s - 0.01) == request
+    assert responder.down_request(10.0 + settings.rung_duration_s + 0.001) is None  # up
+    echo = decode_echo(encode_echo(responder.echo(probe, 10.7, 10.7)))
+    assert echo.down_sent == ((0, 0, True),)  # finished (nothing was sent in this test)
+
+
+def test_echo_down_sent_finished_flags() -> None:
+    e = _echo_example()
+    data = encode_echo(e)
+    # the down entries close the packet: count byte, then !hIB per entry
+    tail = data[-(1 + 2 * 7):]
+    assert tail[0] == 2
+    assert tail[1:8] == struct.pack("!hIB", 0, 120, 1)
+    assert tail[8:15] == struct.pack("!hIB", 1, 118, 0)
+    got = decode_echo(data).down_sent
+    assert got == ((0, 120, True), (1, 118, False))
+    assert [type(f) for _, _, f in got] == [bool, bool]  # a flag, not a byte value
+
+
+def test_probe_in_the_previous_layout_is_rejected() -> None:
+    # version 1 probe, as a previous client sends it: no duration, padded to probe_size
+    old = (b"NP" + bytes([1, TYPE_PROBE])
+           + struct.pack("!IdhIH", 5, 1.0, 2, 1600, 600)).ljust(60, b"\0")
+    with pytest.raises(ProtocolError):
+        decode_probe(old)
+
+
+def test_every_accepted_rung_duration_fits_in_a_probe(tmp_path: Path) -> None:
+    cfg = tmp_path / "netprobe.toml"
+    cfg.write_text("[probe]\nrung_duration_s = 70.0\n")
+    try:
+        settings = load_settings(cfg).probe
+    except ConfigError:
+        return  # rejected up front: fine too
+    session = ClientSession(settings, Thresholds(), 0.0)
+    session.down.start(0.0)
+    data = encode_probe(session.next_probe(0.0), settings.probe_size)
+    assert decode_probe(data).down_duration_ms == 70_000
 
 
 def test_echo_before_first_probe_has_highest_minus_one() -> None:
@@ -206,7 +281,8 @@ def test_packet_type_too_short(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"XP\x01\x01" + bytes(20), b"NQ\x01\x01" + bytes(20), b"NP\x02\x01" + bytes(20)]
+    "data", [b"XP\x02\x01" + bytes(20), b"NQ\x02\x01" + bytes(20), b"NP\x01\x01" + bytes(20),
+             b"NP\x03\x01" + bytes(20)]
 )
 def test_bad_magic_or_version(data: bytes) -> None:
     for decode in DECODERS:
