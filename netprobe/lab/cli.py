@@ -36,7 +36,7 @@ EXIT_UNAVAILABLE = 3
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``lab`` on the top-level CLI's subparsers; dispatch goes to `run`."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "lab",
         help="emulate a client's connection (delay, loss, rate, traces) and run commands behind it",
         description="Emulated link between two network namespaces (needs root and /dev/net/tun).",
@@ -160,7 +160,9 @@ def _shell(profile: Any, server_argv: list[str] | None) -> int:
 
     try:
         return asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except asyncio.CancelledError:  # SIGTERM: the lab cancelled us after tearing down
         return 128 + signal.SIGTERM
 
 

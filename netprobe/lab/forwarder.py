@@ -9,7 +9,8 @@ phase switches), so `Forwarder.aclose` leaves nothing running.
 Why a timerfd: asyncio's own timers go through ``epoll_wait``, whose timeout is rounded *up* to
 a whole millisecond, so every delayed packet would come out 0-1 ms late (about +0.5 ms on
 average per direction, +1 ms on a round trip). A CLOCK_MONOTONIC timerfd with an absolute
-deadline fires within tens of microseconds, and ``loop.time()`` is the same clock.
+deadline fires within tens of microseconds. All times are ``time.monotonic()`` (the same
+CLOCK_MONOTONIC), also the lab's epoch.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class Forwarder:
         if self._loop is not None:
             raise LabError("the forwarder is already started")
         loop = asyncio.get_running_loop()
-        self.epoch = now = loop.time()
+        self.epoch = now = time.monotonic()
         profile = self._profile
         up = _Direction("up", Link(profile.up, epoch=now), self._server_fd)
         down = _Direction("down", Link(profile.down, epoch=now), self._client_fd)
@@ -143,7 +144,7 @@ class Forwarder:
         for direction in (up, down):
             loop.add_reader(direction.timer.fd, self._on_timer, direction)
         for phase in profile.phases:
-            handle = loop.call_at(now + phase.start_s, self._switch, phase)
+            handle = loop.call_later(phase.start_s, self._switch, phase)
             self._phase_handles.append(handle)
 
     def stats(self) -> LabStats:

@@ -118,16 +118,22 @@ class LinkConfig:
     outages: tuple[tuple[float, float], ...] = ()
     """Windows ``(start_s, end_s)`` from the lab's start during which every packet is lost."""
     seed: int | None = None
-    """Seed of the loss and jitter random generator (None: a fresh random seed)."""
+    """Seed of the loss and jitter random generators (None: fresh random seeds)."""
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name} must be a finite number >= 0, got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.loss_pct <= 100.0:
             raise ConfigError(f"loss_pct must be in [0, 100], got {self.loss_pct!r}")
-        if self.rate_kbps is not None and not (self.rate_kbps > 0 and math.isfinite(self.rate_kbps)):
-            raise ConfigError(f"rate_kbps must be > 0 (or absent for no limit), got {self.rate_kbps!r}")
+        if self.rate_kbps is not None and not (
+            self.rate_kbps > 0 and math.isfinite(self.rate_kbps)
+        ):
+            raise ConfigError(
+                f"rate_kbps must be > 0 (or absent for no limit), got {self.rate_kbps!r}"
+            )
         for name in ("queue_packets", "queue_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -137,11 +143,16 @@ class LinkConfig:
                 raise ConfigError("give either rate_kbps or trace, not both")
             if not self.trace or self.trace[-1] <= 0:
                 raise ConfigError("a trace needs at least one timestamp and must last > 0 ms")
-            if any(b < a for a, b in zip(self.trace, self.trace[1:], strict=False)) or self.trace[0] < 0:
+            if (
+                any(b < a for a, b in zip(self.trace, self.trace[1:], strict=False))
+                or self.trace[0] < 0
+            ):
                 raise ConfigError("trace timestamps must be >= 0 and non-decreasing")
         for window in self.outages:
             if len(window) != 2 or not 0 <= window[0] < window[1]:
-                raise ConfigError(f"an outage is [start_s, end_s] with 0 <= start < end, got {window!r}")
+                raise ConfigError(
+                    f"an outage is [start_s, end_s] with 0 <= start < end, got {window!r}"
+                )
 
     @property
     def trace_mean_kbps(self) -> float | None:
@@ -184,7 +195,10 @@ class Link(Generic[P]):
     def __init__(self, config: LinkConfig, *, epoch: float) -> None:
         self._config = config
         self._epoch = epoch
+        # Separate generators, so loss decisions depend only on the order of arrivals, not
+        # on how they interleave with jitter draws (which depend on timing).
         self._rng = random.Random(config.seed)
+        self._jitter_rng = random.Random(None if config.seed is None else f"{config.seed}/jitter")
         self._ge_bad = False
         self._queue: deque[tuple[P, int]] = deque()
         self._queue_bytes = 0
@@ -279,7 +293,7 @@ class Link(Generic[P]):
         packets stay queued and drain at the new rate or trace; a packet being serialised at a
         constant rate keeps the part already sent. A queue deeper than the new limit is not cut
         (arrivals are dropped until it is below the limit), and a link without bottleneck
-        releases the queue at once. The random generator carries on (the new seed is ignored).
+        releases the queue at once. The random generators carry on (the new seed is ignored).
         """
         self._advance(now)
         old = self._config
@@ -337,7 +351,9 @@ class Link(Generic[P]):
         cfg = self._config
         delay = cfg.delay_ms / 1000.0
         if cfg.jitter_ms > 0:
-            delay = max(0.0, delay + self._rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) / 1000.0)
+            delay = max(
+                0.0, delay + self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) / 1000.0
+            )
         release = exit_time + delay
         if not cfg.reorder and release < self._last_release:
             release = self._last_release

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -54,6 +55,7 @@ class LinkLab:
         self._forwarder: Forwarder | None = None
         self._processes: list[asyncio.subprocess.Process] = []
         self._sigterm_installed = False
+        self._final_stats: LabStats | None = None
         self.stopped_by_signal: int | None = None
         """SIGTERM's number once the lab's SIGTERM handler has cancelled the entering task."""
 
@@ -95,9 +97,12 @@ class LinkLab:
         finally:
             self._remove_sigterm()
             if self._forwarder is not None:
+                self._final_stats = self._forwarder.stats()
                 self._forwarder.close()
+                self._forwarder = None
             if self._net is not None:
                 self._net.close()
+                self._net = None
 
     # -- what the lab offers ------------------------------------------------------------------
 
@@ -130,10 +135,12 @@ class LinkLab:
 
     def elapsed(self) -> float:
         """Seconds since the lab started."""
-        return asyncio.get_running_loop().time() - self.epoch
+        return time.monotonic() - self.epoch
 
     def stats(self) -> LabStats:
-        """Packets forwarded and dropped so far, per direction."""
+        """Packets forwarded and dropped so far, per direction (final counts once closed)."""
+        if self._forwarder is None and self._final_stats is not None:
+            return self._final_stats
         self._running()
         assert self._forwarder is not None
         return self._forwarder.stats()
@@ -193,7 +200,7 @@ class LinkLab:
         for process in running:
             try:
                 await asyncio.wait_for(process.wait(), grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
@@ -236,9 +243,7 @@ def run_command(
     down and return 130 and 143. With ``report``, a line per direction goes to stderr at the end.
     """
     try:
-        return asyncio.run(
-            _run_command(profile, list(argv), server_argv, server_settle_s, report)
-        )
+        return asyncio.run(_run_command(profile, list(argv), server_argv, server_settle_s, report))
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
 

@@ -2,7 +2,7 @@
 
 Two namespaces, client and server, each hold one TUN device named ``lab0``:
 
-    client ns: lab0 198.18.0.1 peer 198.18.0.2  <-fd->  forwarder  <-fd->  server ns: lab0 198.18.0.2 peer 198.18.0.1
+    client ns: lab0 198.18.0.1 <-fd-> forwarder <-fd-> server ns: lab0 198.18.0.2
 
 The TUN devices are created in the calling process's namespace (TUNSETIFF ioctl; Python 3.11
 has no ``os.setns``) and then moved with ``ip link set dev X netns NS``; their file descriptors
@@ -172,7 +172,9 @@ def _ip(*args: str, check: bool = True) -> None:
     # command that lasts milliseconds.
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
-        raise LabError(f"`ip {' '.join(args)}` failed: {result.stderr.strip() or result.returncode}")
+        raise LabError(
+            f"`ip {' '.join(args)}` failed: {result.stderr.strip() or result.returncode}"
+        )
 
 
 def _attach_tun(name: str, namespace: str, addr: str, peer: str) -> int:

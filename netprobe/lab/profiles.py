@@ -145,7 +145,9 @@ def load_trace(path: Path) -> tuple[int, ...]:
         try:
             values.append(int(line))
         except ValueError:
-            raise ConfigError(f"{path}:{number}: expected a whole number of ms, got {line!r}") from None
+            raise ConfigError(
+                f"{path}:{number}: expected a whole number of ms, got {line!r}"
+            ) from None
     return tuple(values)
 
 
@@ -181,7 +183,9 @@ def _build(path: Path, table: dict[str, Any], name: str) -> Profile:
     phases = []
     raw_phases = body.get("phases", [])
     if not isinstance(raw_phases, list):
-        raise ConfigError(f"{where}.phases: expected an array of tables ([[profiles.{name}.phases]])")
+        raise ConfigError(
+            f"{where}.phases: expected an array of tables ([[profiles.{name}.phases]])"
+        )
     for i, raw in enumerate(raw_phases):
         pwhere = f"{where}.phases[{i}]"
         if not isinstance(raw, dict):
@@ -207,12 +211,13 @@ def _links(
         other = table.get(source) if isinstance(source, str) else None
         if not isinstance(other, dict) or "links_from" in other:
             raise ConfigError(
-                f"{where}.links_from: {source!r} must name a profile that defines up and down itself"
+                f"{where}.links_from: {source!r} must name a profile that defines up and down "
+                "itself"
             )
         return _links(path, table, source, other, f"{path}: [profiles.{source}]")
     for side in ("up", "down"):
         if side not in body:
-            raise ConfigError(f"{where}: missing [{side}] table (or links_from = \"PROFILE\")")
+            raise ConfigError(f'{where}: missing [{side}] table (or links_from = "PROFILE")')
     return (
         _link_config(path, where + ".up", body["up"]),
         _link_config(path, where + ".down", body["down"]),
@@ -280,9 +285,8 @@ def _resolve_trace(toml_path: Path, text: str, where: str) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise ConfigError(
-        f"{where}: trace file {text!r} not found (looked for {', '.join(map(str, dict.fromkeys(tried)))})"
-    )
+    looked = ", ".join(map(str, dict.fromkeys(tried)))
+    raise ConfigError(f"{where}: trace file {text!r} not found (looked for {looked})")
 
 
 def _outages(where: str, raw: Any) -> tuple[tuple[float, float], ...]:
@@ -302,12 +306,10 @@ def _expectation(where: str, raw: Any) -> Expectation:
     fields = {f.name for f in dataclasses.fields(Expectation)}
     _check_keys(where, raw, fields)
     verdicts = raw.get("verdicts")
-    if (
-        not isinstance(verdicts, list)
-        or not verdicts
-        or any(v not in VERDICTS for v in verdicts)
-    ):
-        raise ConfigError(f"{where}.verdicts: expected a non-empty list drawn from {list(VERDICTS)}")
+    if not isinstance(verdicts, list) or not verdicts or any(v not in VERDICTS for v in verdicts):
+        raise ConfigError(
+            f"{where}.verdicts: expected a non-empty list drawn from {list(VERDICTS)}"
+        )
     values = {
         key: _number(f"{where}.{key}", raw[key]) for key in fields - {"verdicts"} if key in raw
     }

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -178,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     recv.add_argument("--bind", default="0.0.0.0")
     recv.add_argument("--port", type=int, default=PORT)
     recv.add_argument("--timeout", type=float, default=60.0, help="longest run, seconds")
-    recv.add_argument("--idle", type=float, default=2.0, help="stop this long after the last packet")
+    recv.add_argument(
+        "--idle", type=float, default=2.0, help="stop this long after the last packet"
+    )
     recv.set_defaults(func=_recv)
     send = sub.add_parser("send", help="send a paced stream")
     send.add_argument("--to", required=True)
@@ -249,8 +251,17 @@ async def one_way(
     send = await lab.exec(
         sender,
         *_module_argv(
-            "send", "--to", to, "--port", str(port), "--count", str(count),
-            "--size", str(size), "--rate-kbps", str(rate_kbps),
+            "send",
+            "--to",
+            to,
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+            "--rate-kbps",
+            str(rate_kbps),
         ),
         stdout=pipe,
     )
@@ -265,19 +276,15 @@ async def round_trip(lab: LinkLab, *, count: int = 50, interval_s: float = 0.02)
     echo = await lab.exec_server(*_module_argv("echo"), stdout=pipe)
     await _wait_ready(echo)
     ping = await lab.exec_client(
-        *_module_argv("ping", "--to", lab.server_addr, "--count", str(count),
-                      "--interval", str(interval_s)),
+        *_module_argv(
+            "ping", "--to", lab.server_addr, "--count", str(count), "--interval", str(interval_s)
+        ),
         stdout=pipe,
     )
     result = await _json_output(ping)
     echo.terminate()
     await echo.wait()
     return list(result["rtt_ms"])
-
-
-def as_dict(summary: OneWaySummary) -> dict[str, Any]:
-    """The summary as a plain dict (for JSON output)."""
-    return asdict(summary)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""The profiles file: the starter set loads and agrees with itself; bad input is explained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import netprobe.lab
+from netprobe.errors import ConfigError
+from netprobe.lab import describe_profiles, load_profile, load_profiles
+from netprobe.lab.profiles import PROJECT_ROOT, VERDICTS
+
+STARTER = PROJECT_ROOT / "config" / "lab-profiles.toml"
+TRACES = PROJECT_ROOT.parent / "shared" / "traces"
+REQUIRED = {
+    "clean", "dsl", "cable-bufferbloat", "slow-symmetric", "starved-uplink", "starved-downlink",
+    "loss-3", "loss-8", "loss-30", "wifi-bursty", "heavy-jitter", "satellite", "extreme-rtt",
+    "gprs", "dead", "verizon-lte", "tmobile-umts", "att-lte", "degrade-midrun",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict[str, netprobe.lab.Profile]:
+    if not TRACES.exists():
+        pytest.skip(f"the traces are not at {TRACES}")
+    return load_profiles(STARTER)
+
+
+def test_starter_set_is_complete(profiles: dict[str, netprobe.lab.Profile]) -> None:
+    assert REQUIRED <= set(profiles)
+    for profile in profiles.values():
+        assert profile.description
+        assert profile.expect is not None
+        assert profile.expect.verdicts and set(profile.expect.verdicts) <= set(VERDICTS)
+
+
+def test_expectations_match_the_links(profiles: dict[str, netprobe.lab.Profile]) -> None:
+    for name, profile in profiles.items():
+        expect = profile.expect
+        assert expect is not None
+        up, down = profile.up, profile.down
+        if expect.rtt_ms is not None:
+            assert expect.rtt_ms == pytest.approx(up.delay_ms + down.delay_ms), name
+        for link, loss, rate in (
+            (up, expect.loss_up_pct, expect.rate_up_kbps),
+            (down, expect.loss_down_pct, expect.rate_down_kbps),
+        ):
+            true_loss = link.loss_pct
+            if link.gilbert is not None:
+                true_loss = 100 * link.gilbert.mean_loss
+            assert loss == pytest.approx(true_loss, abs=0.01), name
+            capacity = link.rate_kbps if link.trace is None else link.trace_mean_kbps
+            if rate is not None:
+                assert rate == pytest.approx(capacity, rel=0.01), name
+
+
+def test_degrade_midrun_phases(profiles: dict[str, netprobe.lab.Profile]) -> None:
+    profile = profiles["degrade-midrun"]
+    clean = profiles["clean"]
+    assert profile.links_at(0) == (clean.up, clean.down)
+    up, down = profile.links_at(30)
+    assert up.rate_kbps == down.rate_kbps == 200 and up.loss_pct == down.loss_pct == 8
+    assert profile.links_at(60) == (clean.up, clean.down)
+
+
+def test_describe_reads_no_trace(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[profiles.x]\ndescription = "X"\nup = { trace = "nowhere.up" }\ndown = {}\n')
+    assert describe_profiles(path) == [("x", "X")]
+    with pytest.raises(ConfigError, match=r"\[profiles.x\].up.trace: trace file 'nowhere.up' not"):
+        load_profile("x", path)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("up = { dealy_ms = 5 }\ndown = {}", r"\[profiles.p\].up: unknown key 'dealy_ms'"),
+        ('up = { delay_ms = "5" }\ndown = {}', r"\[profiles.p\].up.delay_ms: expected a number"),
+        ("up = { loss_pct = 120 }\ndown = {}", r"\[profiles.p\].up: loss_pct must be in"),
+        ("up = {}", r"\[profiles.p\]: missing \[down\]"),
+        ("up = {}\ndown = { queue_packets = 2.5 }", r"down.queue_packets: expected a whole"),
+        (
+            "up = {}\ndown = { gilbert = { p_good_to_bad = 2, p_bad_to_good = 0.5 } }",
+            r"down.gilbert: p_good_to_bad must be a probability",
+        ),
+        ("up = {}\ndown = { outages = [[3, 1]] }", r"down: an outage is"),
+        ('links_from = "nope"', r"links_from: 'nope' must name a profile"),
+        ("up = {}\ndown = {}\n[profiles.p.expect]\nverdicts = ['great']", r"expect.verdicts"),
+        (
+            "up = {}\ndown = {}\n[[profiles.p.phases]]\nat_s = 5\nup = {}",
+            r"phases\[0\]: missing \[down\]",
+        ),
+    ],
+)
+def test_bad_profiles_are_explained(tmp_path: Path, body: str, match: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[profiles.p]\n{body}\n")
+    with pytest.raises(ConfigError, match=match) as info:
+        load_profiles(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_profile_and_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text("[profiles.a]\nup = {}\ndown = {}\n")
+    with pytest.raises(ConfigError, match="no profile named 'b' .known: a."):
+        load_profile("b", path)
+    path.write_text("[profiles.a\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_profiles(path)
+    with pytest.raises(ConfigError, match="no such profiles file"):
+        load_profiles(tmp_path / "missing.toml")
+
+
+def test_exported_members() -> None:
+    assert set(netprobe.lab.__all__) == {
+        name for name in dir(netprobe.lab) if not name.startswith("_")
+    } - {"cli", "errors", "forwarder", "link", "linklab", "netns", "profiles", "udpmeter"}
