@@ -41,8 +41,8 @@ class ProbeSettings:
     """Least time probes run before a verdict may be called certain."""
     probe_interval_ms: float = 20.0
     """Probe spacing (50 per second by default: ~45 kbit/s with overhead)."""
-    probe_size: int = 60
-    """Probe payload size in bytes."""
+    probe_size: int = 40
+    """Probe payload size in bytes (at least the 30 bytes of a probe's fields)."""
     ladder_kbps: tuple[int, ...] = (300, 800, 1600, 3200)
     """Load rates tried in turn, each direction, kbit/s of wire bytes."""
     rung_duration_s: float = 0.6

@@ -24,6 +24,8 @@ MIN_PAYLOAD = 60
 #: After a rung that saturated the link, its queue takes a while to drain: probes sent this
 #: long after the rung was judged still count as "loaded" (seconds).
 DRAIN_S = 1.0
+#: After a rung that did not saturate the link, the idle RTT counts again this much later.
+IDLE_MARGIN_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Ladder:
         self._started_at: dict[int, float] = {}
         self._judged_at: dict[int, float] = {}
         self._aborted_at: float | None = None
+        self.version = 0
+        """Bumped on every change of state (for callers that cache what they derive)."""
         self.results: dict[int, RungResult] = {}
         self.done = False
         """True once the capacity is known (a rung failed, or the top rung passed), or the
@@ -102,6 +106,7 @@ class Ladder:
         if self._current is None:
             self._current = 0
             self._started_at[0] = now
+            self.version += 1
 
     def abort(self, now: float) -> None:
         """Stop: the verdict no longer depends on this direction's capacity. A rung still
@@ -109,6 +114,7 @@ class Ladder:
         if not self.done and self._current is not None and self._current not in self.results:
             self._aborted_at = now
         self.done = True
+        self.version += 1
 
     def current(self) -> Rung | None:
         """The rung being sent or awaiting judgement, or None."""
@@ -152,6 +158,7 @@ class Ladder:
         result = self._judge(rung, observe(i), base_loss, final)
         self.results[i] = result
         self._judged_at[i] = now
+        self.version += 1
         if result.passed and i + 1 < len(self.rungs):
             self._current = i + 1
             self._started_at[i + 1] = now
@@ -198,7 +205,8 @@ class Ladder:
         return kbps
 
     def loaded_windows(self) -> list[tuple[float, float]]:
-        """Times (sender's clock) when a rung saturated the link, queue drain included.
+        """Times (sender's clock) when a rung saturated the link or came close to it
+        (`near_capacity`), queue drain included.
 
         Probes sent then measure our own congestion, not the link: their RTT and loss are
         kept apart. While a rung is still being judged its window is open-ended.
@@ -206,7 +214,7 @@ class Ladder:
         windows = []
         for i, start in self._started_at.items():
             result = self.results.get(i)
-            if result is not None and result.passed:
+            if result is not None and not self.near_capacity(i):
                 continue
             end = self._judged_at.get(i)
             if result is None:
@@ -216,6 +224,28 @@ class Ladder:
                     end = self._aborted_at
             windows.append((start, float("inf") if end is None else end + DRAIN_S))
         return windows
+
+    def active_windows(self) -> list[tuple[float, float]]:
+        """Times (sender's clock) when any rung was being sent or judged; open-ended while
+        one still is. Probes sent outside them measure the idle link."""
+        windows = []
+        for i, start in self._started_at.items():
+            end = self._judged_at.get(i)
+            if end is None and self.done:
+                end = self._aborted_at
+            windows.append((start, float("inf") if end is None else end + IDLE_MARGIN_S))
+        return windows
+
+    def near_capacity(self, index: int) -> bool:
+        """True for a rung that failed, and for the last rung that passed before one failed:
+        it ran close to the link's capacity, so it may have filled the bottleneck queue."""
+        result = self.results.get(index)
+        if result is None:
+            return False
+        if not result.passed:
+            return True
+        after = self.results.get(index + 1)
+        return after is not None and not after.passed
 
     def in_flight(self) -> bool:
         """True while a rung is being sent or awaits judgement."""

@@ -58,6 +58,8 @@ class SequenceTracker:
         """Packets received more than once (each extra copy counts one)."""
         self.reordered = 0
         """Packets that arrived after a packet with a higher sequence number."""
+        self._settled = -1
+        self._settled_received = 0
 
     @property
     def received(self) -> int:
@@ -70,6 +72,8 @@ class SequenceTracker:
             self.duplicates += 1
             return False
         self._seen.add(seq)
+        if seq <= self._settled:
+            self._settled_received += 1
         if seq < self.highest:
             self.reordered += 1
         else:
@@ -77,6 +81,17 @@ class SequenceTracker:
         if self.lowest is None or seq < self.lowest:
             self.lowest = seq
         return True
+
+    def settled(self, window: int) -> tuple[int, int]:
+        """(s, r): s = highest - `window` (-1 before that), the last sequence number old
+        enough that a packet missing up to it is taken as lost rather than overtaken; r =
+        distinct packets received numbered 0..s. Amortised O(1) per packet."""
+        target = self.highest - window
+        while self._settled < target:
+            self._settled += 1
+            if self._settled in self._seen:
+                self._settled_received += 1
+        return self._settled, self._settled_received
 
     def received_below(self, limit: int) -> int:
         """Distinct packets received with a sequence number < `limit`."""

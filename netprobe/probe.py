@@ -135,9 +135,8 @@ async def run_check(
         deadline = t0 + cfg.max_duration_s - 0.2
         session = ClientSession(cfg, settings.thresholds, now, deadline)
         _attach_taps(pc, session)
-        interval = cfg.probe_interval_ms / 1000
         pacers = [
-            Pacer(probe_track, lambda now: (interval, lambda: encode_probe(
+            Pacer(probe_track, lambda now: (session.probe_interval, lambda: encode_probe(
                 session.next_probe(time.monotonic()), cfg.probe_size))),
             Pacer(load_track, lambda now: _up_step(session, now)),
         ]

@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 from .measure import JitterEstimator, SequenceTracker
 from .wire import NO_RUNG, Echo, Load, Probe, RungReport
 
+#: A probe counts as lost only once this many later probes have arrived: a probe that is
+#: merely overtaken (reordering, jitter) must not count as lost, then found.
+REORDER_WINDOW = 10
 #: Stop the downlink load when no probe arrived for this long (seconds).
 REQUEST_TTL = 1.0
-#: Report this many of the most recent rungs in each echo.
-REPORTED_RUNGS = 3
+#: Report this many of the most recent rungs in each echo (rungs are sent one at a time, so
+#: the latest is the one being measured; keeping echoes small keeps slow links unloaded).
+REPORTED_UP_RUNGS = 1
+REPORTED_DOWN_RUNGS = 2
 
 
 @dataclass
@@ -84,22 +89,23 @@ class Responder:
     def echo(self, probe: Probe, received_at: float, now: float) -> Echo:
         """The echo answering `probe` (received at `received_at`), to be sent at `now`."""
         self.down_request(now)  # marks a rung finished once its time is up
-        recent = sorted(self._up)[-REPORTED_RUNGS:]
+        settled, settled_received = self._probes.settled(REORDER_WINDOW)
+        recent = sorted(self._up)[-REPORTED_UP_RUNGS:]
         reports = tuple(
             RungReport(i, c.seqs.received, c.payload_bytes, c.first_at, c.last_at,
                        c.seqs.lowest or 0, max(c.seqs.highest, 0))
             for i in recent for c in (self._up[i],)
         )
         down = tuple((i, self._down_sent[i], i in self._down_finished)
-                     for i in sorted(self._down_sent)[-REPORTED_RUNGS:])
+                     for i in sorted(self._down_sent)[-REPORTED_DOWN_RUNGS:])
         echo = Echo(
             seq=self._echo_seq,
             sent_at=now,
             probe_seq=probe.seq,
             probe_sent_at=probe.sent_at,
             hold=max(0.0, now - received_at),
-            up_probes_received=self._probes.received,
-            up_probes_highest=self._probes.highest,
+            up_probes_received=settled_received,
+            up_probes_highest=settled,
             up_jitter=self._jitter.jitter,
             up_rungs=reports,
             down_sent=down,

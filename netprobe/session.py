@@ -19,7 +19,13 @@ from .classify import VIDEO, Thresholds, classify
 from .config import ProbeSettings
 from .emodel import estimate_audio_quality
 from .ladder import Ladder, Rung, RungObservation, make_ladder
-from .measure import JitterEstimator, SequenceTracker, percentile, wilson_interval
+from .measure import (
+    PROBE_OVERHEAD_BYTES,
+    JitterEstimator,
+    SequenceTracker,
+    percentile,
+    wilson_interval,
+)
 from .metrics import DirectionMetrics, LinkMetrics
 from .wire import NO_RUNG, Echo, Load, Probe, RungReport
 
@@ -30,8 +36,25 @@ HUGE_MS = 1e6
 LOSS_DECISIVE_PCT = 15.0
 #: Half-width (percentage points, 95 %) the loss figure must reach before stopping early.
 LOSS_PRECISION_PTS = 1.5
+#: Calm packets without a single loss after which 0 % loss is reported without sharpening.
+MIN_CLEAN_SAMPLES = 50
+#: Calm probes needed before their loss is allowed for when judging a rung.
+MIN_LOSS_SAMPLES = 20
 #: Stop sharpening the loss figure this long before the deadline (seconds).
 PRECISION_RESERVE_S = 4.0
+#: Probes and echoes may use at most this share of a direction's measured capacity; on a
+#: slower link they are spaced out (at most `MAX_PROBE_INTERVAL_S` apart).
+PROBE_SHARE = 0.2
+MAX_PROBE_INTERVAL_S = 0.5
+#: After probes were slowed down, the queue they built takes this long to drain (seconds).
+SLOWDOWN_DRAIN_S = 2.0
+#: Bounds of the wait for packets overtaken by the proof that a rung is complete (seconds).
+MIN_REORDER_MARGIN_S = 0.02
+MAX_REORDER_MARGIN_S = 0.5
+#: Consecutive RTT samples looked at to tell that the probes themselves flood the link.
+FLOOD_SAMPLES = 10
+#: An echo's size on the wire (IP bytes), for pacing probes on slow links.
+ECHO_WIRE_BYTES = 110 + PROBE_OVERHEAD_BYTES
 #: RFC 3550 jitter starts at 0 and converges with gain 1/16: skip its first samples.
 JITTER_WARMUP = 16
 
@@ -64,6 +87,39 @@ class _EchoSample:
 
 
 @dataclass(frozen=True)
+class _Counts:
+    lost: int = 0
+    expected: int = 0
+
+    def __add__(self, other: _Counts) -> _Counts:
+        return _Counts(self.lost + other.lost, self.expected + other.expected)
+
+    @property
+    def fraction(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    idle_rtts: list[float]
+    """RTT samples (ms) of probes sent while no rung was running at all."""
+    calm_rtts: list[float]
+    """RTT samples (ms) of probes sent while the link was calm (idle or a rung well below
+    capacity)."""
+    loaded_rtts: list[float]
+    """RTT samples (ms) of probes sent while a rung saturated it."""
+    up_probes: _Counts
+    down_probes: _Counts
+    up_loss: _Counts
+    """Probes plus load of rungs well below capacity."""
+    down_loss: _Counts
+    up_jitters: list[float]
+    down_jitters: list[float]
+    loaded_until: float
+    """End of the latest loaded window (inf while a rung is being judged)."""
+
+
+@dataclass(frozen=True)
 class Progress:
     """A snapshot for a live display."""
 
@@ -76,19 +132,6 @@ class Progress:
     down_kbps: float
     up_done: bool
     down_done: bool
-
-
-@dataclass(frozen=True)
-class _Counts:
-    lost: int = 0
-    expected: int = 0
-
-    def __add__(self, other: _Counts) -> _Counts:
-        return _Counts(self.lost + other.lost, self.expected + other.expected)
-
-    @property
-    def fraction(self) -> float:
-        return self.lost / self.expected if self.expected else 0.0
 
 
 class ClientSession:
@@ -109,10 +152,18 @@ class ClientSession:
         self._up_reports: dict[int, RungReport] = {}
         self._up_final: dict[int, RungReport | None] = {}
         self._down_sent: dict[int, int] = {}
-        self._down_final: set[int] = set()
+        self._down_final: dict[int, float] = {}
         self._up_load_seq = 0
         self._up_sent: dict[int, int] = {}
         self._down_rx: dict[int, _RungRx] = {}
+        self._version = 0
+        self.probe_interval = settings.probe_interval_ms / 1000
+        """Current probe spacing, seconds (grows on a link too slow for the default)."""
+        self._slowed_at: float | None = None
+        self._calm_from = now
+        self._arrivals: list[float] = []
+        self._flood_mark = 0
+        self._cache: tuple[tuple[int, int, int], _Analysis] | None = None
 
     # -- what to send ------------------------------------------------------------------
 
@@ -145,6 +196,7 @@ class ClientSession:
     def on_echo(self, echo: Echo, now: float) -> None:
         if not self._echoes.add(echo.seq):
             return
+        self._version += 1
         self._down_jitter.update(echo.sent_at, now)
         rtt = now - echo.probe_sent_at - max(0.0, echo.hold)
         reports = {r.rung: r for r in echo.up_rungs}
@@ -156,12 +208,13 @@ class ClientSession:
         # behind it: the reflector's count of that rung is final.
         current = self.up.current()
         if current is not None and current.index not in self._up_final and \
-                echo.probe_sent_at >= self.up.end_of(current.index):
+                echo.probe_sent_at >= self.up.end_of(current.index) + self._reorder_margin():
             self._up_final[current.index] = reports.get(current.index)
         for rung, sent, finished in echo.down_sent:
             self._down_sent[rung] = max(sent, self._down_sent.get(rung, 0))
             if finished:
-                self._down_final.add(rung)
+                self._down_final.setdefault(rung, now)
+        self._arrivals.append(now)
         if rtt >= 0:
             self._samples.append(_EchoSample(
                 echo.seq, echo.probe_sent_at, rtt, echo.up_probes_received,
@@ -172,6 +225,7 @@ class ClientSession:
         rx = self._down_rx.setdefault(load.rung, _RungRx())
         if not rx.seqs.add(load.seq):
             return
+        self._version += 1
         if rx.seqs.received == 1:
             rx.first_at = now
         rx.payload_bytes += payload_size
@@ -179,69 +233,92 @@ class ClientSession:
 
     # -- calm and loaded periods -------------------------------------------------------------
 
-    def _loaded(self, start: float, end: float, ladders: tuple[Ladder, ...]) -> bool:
-        """True if [start, end] meets a period when one of `ladders` saturated the link."""
-        return any(ws <= end and start <= we
-                   for ladder in ladders for ws, we in ladder.loaded_windows())
+    def _analysis(self) -> _Analysis:
+        """Everything derived from the samples, recomputed only when something changed."""
+        key = (self._version, self.up.version, self.down.version)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._analyse())
+        return self._cache[1]
 
-    def _calm_rtts(self) -> tuple[list[float], list[float]]:
-        """RTT samples in ms, split into (calm, loaded)."""
-        calm, loaded = [], []
-        both = (self.up, self.down)
+    def _analyse(self) -> _Analysis:
+        up_w, down_w = self.up.loaded_windows(), self.down.loaded_windows()
+        if self._slowed_at is not None:
+            # Until the probes were slowed down they overloaded the link themselves.
+            flooded = (self.started_at, max(self._slowed_at + SLOWDOWN_DRAIN_S,
+                                            self._calm_from))
+            up_w, down_w = up_w + [flooded], down_w + [flooded]
+        up_w, down_w = self._with_drain(up_w), self._with_drain(down_w)
+        both = up_w + down_w
+        active = self.up.active_windows() + self.down.active_windows() + both
+
+        def loaded(start: float, end: float, windows: list[tuple[float, float]]) -> bool:
+            return any(ws <= end and start <= we for ws, we in windows)
+
+        idle_rtt, calm_rtt, loaded_rtt, up_jit, down_jit = [], [], [], [], []
         for s in self._samples:
             t = s.probe_sent_at
-            (loaded if self._loaded(t, t, both) else calm).append(s.rtt * 1000)
-        return calm, loaded
+            (loaded_rtt if loaded(t, t, both) else calm_rtt).append(s.rtt * 1000)
+            if not loaded(t, t, active):
+                idle_rtt.append(s.rtt * 1000)
+            if s.index >= JITTER_WARMUP:
+                if not loaded(t, t, up_w):
+                    up_jit.append(s.up_jitter * 1000)
+                if not loaded(t, t, down_w):
+                    down_jit.append(s.down_jitter * 1000)
 
-    def _probe_counts(self) -> tuple[_Counts, _Counts]:
-        """(up, down) probe and echo losses, over calm stretches only.
-
-        Consecutive echoes (in sequence order) bound a stretch: the echo numbers missing
-        between them were lost on the downlink, and the reflector's cumulative counters in
-        them tell how many probes of the stretch it received on the uplink.
-        """
-        up = down = _Counts()
-        prev_seq, prev_t, prev_rx, prev_hi = -1, self.started_at, 0, -1
+        # Probe and echo losses, over calm stretches only. Consecutive echoes (in sequence
+        # order) bound a stretch: the echo numbers missing between them were lost on the
+        # downlink, and the reflector's cumulative counters in them tell how many probes of
+        # the stretch it received on the uplink.
+        # Uplink: the reflector's "lost so far" (highest + 1 - received) may go down again
+        # when a reordered probe turns up late, so a stretch's loss is the change in it.
+        up_lost = up_expected = 0
+        down = _Counts()
+        prev_seq, prev_t, prev_lost, prev_hi = -1, self.started_at, 0, -1
         for s in sorted(self._samples, key=lambda x: x.seq):
             t = s.probe_sent_at
-            if not self._loaded(prev_t, t, (self.up,)) and s.up_highest > prev_hi:
-                expected = s.up_highest - prev_hi
-                up += _Counts(max(0, expected - (s.up_received - prev_rx)), expected)
-            if not self._loaded(prev_t, t, (self.down,)):
+            lost_so_far = s.up_highest + 1 - s.up_received
+            if not loaded(prev_t, t, up_w):
+                up_lost += lost_so_far - prev_lost
+                up_expected += max(0, s.up_highest - prev_hi)
+            if not loaded(prev_t, t, down_w):
                 down += _Counts(s.seq - prev_seq - 1, s.seq - prev_seq)
-            prev_seq, prev_t = s.seq, t
-            prev_rx, prev_hi = max(prev_rx, s.up_received), max(prev_hi, s.up_highest)
-        return up, down
+            prev_seq, prev_t, prev_lost = s.seq, t, lost_so_far
+            prev_hi = max(prev_hi, s.up_highest)
+        up = _Counts(min(max(0, up_lost), up_expected), up_expected)
 
-    def _load_counts(self) -> tuple[_Counts, _Counts]:
-        """(up, down) losses of load packets in rungs that passed (did not saturate)."""
-        up = down = _Counts()
-        for i, result in self.up.results.items():
-            obs = self._observe_up(i)
-            if result.passed and obs is not None:
-                up += _Counts(max(0, obs.sent - obs.received), obs.sent)
-        for i, result in self.down.results.items():
-            obs = self._observe_down(i)
-            if result.passed and obs is not None:
-                down += _Counts(max(0, obs.sent - obs.received), obs.sent)
-        return up, down
+        # Load of rungs that passed well below capacity (a rung close to it may have
+        # overflowed the queue: its drops are ours, not the link's).
+        load_up = load_down = _Counts()
+        for ladder, observe, which in ((self.up, self._observe_up, "up"),
+                                       (self.down, self._observe_down, "down")):
+            for i, result in ladder.results.items():
+                obs = observe(i)
+                if result.passed and not ladder.near_capacity(i) and obs is not None:
+                    counts = _Counts(max(0, obs.sent - obs.received), obs.sent)
+                    if which == "up":
+                        load_up += counts
+                    else:
+                        load_down += counts
+        return _Analysis(idle_rtt, calm_rtt, loaded_rtt, up, down, up + load_up, down + load_down,
+                         up_jit, down_jit, max((we for _, we in both), default=0.0))
+
+    def _with_drain(self, windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Extend each loaded window by the queueing delay seen in it: a queue needs as long
+        to drain as the extra delay it built."""
+        if not self._samples or not windows:
+            return windows
+        base = min(s.rtt for s in self._samples)
+        out = []
+        for ws, we in windows:
+            peak = max((s.rtt for s in self._samples if ws <= s.probe_sent_at <= we),
+                       default=base)
+            out.append((ws, we + (peak - base)))
+        return out
 
     def _loss_counts(self) -> tuple[_Counts, _Counts]:
-        (pu, pd), (lu, ld) = self._probe_counts(), self._load_counts()
-        return pu + lu, pd + ld
-
-    def _calm_jitters(self) -> tuple[list[float], list[float]]:
-        """(up, down) jitter estimates in ms from echoes of calm probes, after warm-up."""
-        up, down = [], []
-        for s in self._samples:
-            if s.index < JITTER_WARMUP:
-                continue
-            t = s.probe_sent_at
-            if not self._loaded(t, t, (self.up,)):
-                up.append(s.up_jitter * 1000)
-            if not self._loaded(t, t, (self.down,)):
-                down.append(s.down_jitter * 1000)
-        return up, down
+        a = self._analysis()
+        return a.up_loss, a.down_loss
 
     # -- progress and stopping ---------------------------------------------------------
 
@@ -254,29 +331,94 @@ class ClientSession:
 
     def tick(self, now: float) -> None:
         """Start the ladders after the warm-up, and judge rungs whose evidence is in."""
-        if now - self.started_at >= self.settings.warmup_s and self._samples:
-            self.up.start(now)
-            self.down.start(now)
+        if not self.up.started:
+            if self._probes_flooding():
+                self._slow_probes_to_echo_spacing(now)
+            elif now - self.started_at >= self.settings.warmup_s and now >= self._calm_from \
+                    and len(self._samples) >= FLOOD_SAMPLES \
+                    and len(self._samples) - self._flood_mark >= 3:
+                self.up.start(now)
+                self.down.start(now)
         timeout = 1.0 + 2 * (self.rtt_estimate or 0.0)
-        up_probes, down_probes = self._probe_counts()
-        self.up.evaluate(now, self._observe_up, up_probes.fraction,
-                         lambda i: i in self._up_final, timeout)
-        self.down.evaluate(now, self._observe_down, down_probes.fraction,
-                           lambda i: i in self._down_final, timeout)
+        a = self._analysis()
+        # Allow for random loss generously (the upper end of its 95 % interval): a rung that
+        # only lost what the link loses anyway must not be taken for a saturated one.
+        up_loss, down_loss = _random_loss(a.up_probes), _random_loss(a.down_probes)
+        margin = self._reorder_margin()
+        self.up.evaluate(now, self._observe_up, up_loss, lambda i: i in self._up_final,
+                         timeout)
+        self.down.evaluate(now, self._observe_down, down_loss,
+                           lambda i: now >= self._down_final.get(i, math.inf) + margin,
+                           timeout)
+        self._pace_probes(now)
+
+    def _reorder_margin(self) -> float:
+        """How far a packet may lag one sent after it (s): the spread of recent RTTs. The
+        echo that proves a rung complete waits this long more, so that jitter or reordering
+        does not leave the rung's last packets still on the way."""
+        rtts = [s.rtt for s in self._samples[-50:]]
+        if len(rtts) < 5:
+            return MIN_REORDER_MARGIN_S
+        spread = percentile(rtts, 90) - percentile(rtts, 10)
+        return min(MAX_REORDER_MARGIN_S, max(MIN_REORDER_MARGIN_S, spread))
+
+    def _probes_flooding(self) -> bool:
+        """True when the probes alone fill the link: RTT climbing steadily, sample after
+        sample (a queue growing at the bottleneck), by more than 50 ms. Random jitter almost
+        never climbs 8 times out of 9 (a chance of about 3 in 10,000)."""
+        recent = [s.rtt for s in self._samples[self._flood_mark:][-FLOOD_SAMPLES:]]
+        if len(recent) < FLOOD_SAMPLES:
+            return False
+        rises = sum(b > a for a, b in zip(recent, recent[1:], strict=False))
+        return rises >= len(recent) - 2 and recent[-1] - recent[0] >= 0.05
+
+    def _slow_probes_to_echo_spacing(self, now: float) -> None:
+        """A saturated bottleneck spaces echoes by its own service time: slow the probes to
+        use `PROBE_SHARE` of that, and wait for the queue they built to drain."""
+        recent = sorted(s for s in self._arrivals[-FLOOD_SAMPLES:])
+        gaps = [b - a for a, b in zip(recent, recent[1:], strict=False)]
+        spacing = percentile(gaps, 50) if gaps else self.probe_interval
+        self.probe_interval = min(MAX_PROBE_INTERVAL_S,
+                                  max(self.probe_interval * 2, spacing / PROBE_SHARE))
+        backlog = self._samples[-1].rtt - min(s.rtt for s in self._samples)
+        self._slowed_at = now
+        self._calm_from = now + max(SLOWDOWN_DRAIN_S, backlog + 0.5)
+        self._flood_mark = len(self._samples)  # judge the new rate on new samples only
+        self._version += 1
+
+    def _pace_probes(self, now: float) -> None:
+        """Space probes out on a link too slow for them (known once a rung failed)."""
+        needed = self.probe_interval
+        for ladder, wire in ((self.up, self.settings.probe_size + PROBE_OVERHEAD_BYTES),
+                             (self.down, ECHO_WIRE_BYTES)):
+            kbps, at_least = ladder.capacity()
+            if kbps is not None and not at_least and kbps > 0:
+                needed = max(needed, wire * 8 / (PROBE_SHARE * kbps * 1000))
+            elif kbps == 0:
+                needed = MAX_PROBE_INTERVAL_S
+        needed = min(needed, MAX_PROBE_INTERVAL_S)
+        if needed > self.probe_interval * 1.05:
+            self.probe_interval = needed
+            self._slowed_at = now
+            self._version += 1
 
     def finished(self, now: float) -> bool:
         """True when more measuring cannot change the verdict or sharpen its figures."""
         if now - self.started_at < self.settings.min_probe_s:
             return False
+        sharpen = now < self.deadline - PRECISION_RESERVE_S
         if self.up.done and self.down.done:
-            return True
+            # Measured all we wanted; let a saturated queue drain and the loss figure settle
+            # on calm probes while time allows.
+            a = self._analysis()
+            return not sharpen or (now >= a.loaded_until and self._loss_precise())
         optimistic, pessimistic = self.bounds()
         best = classify(optimistic, self.thresholds)
         if best.verdict != classify(pessimistic, self.thresholds).verdict:
             return False
         if best.verdict == VIDEO:
             return False  # finish the ladder: the figures must tell 1.5 from 5 Mbit/s
-        if now < self.deadline - PRECISION_RESERVE_S and not self._loss_precise():
+        if sharpen and not self._loss_precise():
             return False  # the verdict is settled; sharpen the loss figure while time allows
         self.up.abort(now)
         self.down.abort(now)
@@ -287,6 +429,8 @@ class ClientSession:
             lo, hi = wilson_interval(counts.lost, counts.expected)
             if 100 * lo > LOSS_DECISIVE_PCT:
                 continue
+            if counts.lost == 0 and counts.expected >= MIN_CLEAN_SAMPLES:
+                continue  # no loss at all so far: 0 % is the honest figure
             if 100 * (hi - lo) / 2 > LOSS_PRECISION_PTS:
                 return False
         return True
@@ -320,12 +464,16 @@ class ClientSession:
     # -- results ---------------------------------------------------------------------------
 
     def metrics(self) -> LinkMetrics:
-        calm, loaded = self._calm_rtts()
-        rtt = percentile(calm, 50) if calm else (percentile(loaded, 50) if loaded else None)
+        a = self._analysis()
+        calm, loaded = a.calm_rtts, a.loaded_rtts
+        # The idle RTT (what a ping would say), else the calm one, else whatever we have.
+        rtts = next((x for x in (a.idle_rtts, calm, loaded) if len(x) >= 5),
+                    a.idle_rtts or calm or loaded)
+        rtt = percentile(rtts, 50) if rtts else None
         up_counts, down_counts = self._loss_counts()
         up_loss = 100 * up_counts.fraction if up_counts.expected else None
         down_loss = 100 * down_counts.fraction if down_counts.expected else None
-        up_j, down_j = self._calm_jitters()
+        up_j, down_j = a.up_jitters, a.down_jitters
         up_jitter = percentile(up_j, 50) if up_j else None
         down_jitter = percentile(down_j, 50) if down_j else None
         up_kbps, up_least = self.up.capacity()
@@ -343,7 +491,8 @@ class ClientSession:
     def bounds(self) -> tuple[LinkMetrics, LinkMetrics]:
         """(optimistic, pessimistic) metrics: the best and worst the link could still turn
         out to be, given the samples so far (Wilson intervals for loss, quartiles for RTT)."""
-        calm, _ = self._calm_rtts()
+        a = self._analysis()
+        calm = a.calm_rtts
         if len(calm) >= 5:
             rtt_lo, rtt_hi = percentile(calm, 25), percentile(calm, 75)
         else:
@@ -353,7 +502,7 @@ class ClientSession:
             lo, hi = wilson_interval(counts.lost, counts.expected)
             loss.append((100 * lo, 100 * hi))
         jit = []
-        for values in self._calm_jitters():
+        for values in (a.up_jitters, a.down_jitters):
             if len(values) >= 20:
                 j = percentile(values, 50)
                 jit.append((j * 0.5, j * 1.5 + 2))
@@ -376,6 +525,15 @@ class ClientSession:
             )
 
         return side(True), side(False)
+
+
+def _random_loss(counts: _Counts) -> float:
+    """The link's own loss to allow for when judging a rung: the upper end of the 95 %
+    interval, or none while too few calm probes were counted to say (else an unknown loss
+    would excuse any shortfall)."""
+    if counts.expected < MIN_LOSS_SAMPLES:
+        return 0.0
+    return wilson_interval(counts.lost, counts.expected)[1]
 
 
 def _mos(rtt_ms: float | None, losses: list[float | None],

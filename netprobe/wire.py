@@ -93,9 +93,10 @@ class Echo:
     hold: float
     """Seconds the reflector held the probe before echoing it (subtracted from the RTT)."""
     up_probes_received: int
-    """Distinct probes the reflector has received so far."""
+    """Distinct probes the reflector has received numbered 0..`up_probes_highest`."""
     up_probes_highest: int
-    """Highest probe sequence number the reflector has received (-1 before the first)."""
+    """The highest probe number whose fate is settled: the highest received minus a reorder
+    window (a probe missing below it counts as lost, not merely overtaken); -1 before."""
     up_jitter: float
     """RFC 3550 interarrival jitter of the probes on the uplink, in seconds."""
     up_rungs: tuple[RungReport, ...] = ()

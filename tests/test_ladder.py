@@ -248,9 +248,12 @@ def test_capacity_of_bottleneck_links(capacity: float, loss: float) -> None:
     # lower_bound is what a passed rung delivered, at >= 0.85 (x keep) of its nominal rate
     assert lad.lower_bound() <= kbps / (0.85 * (1 - loss))
     assert lad.lower_bound() <= capacity * 1.001
-    # the failed rung saturated the link: its probes are "loaded" until it drained
+    # the failed rung saturated the link, and the last rung passed before it ran close to
+    # capacity: their probes are "loaded" until the queue drained
     f = failed[0]
-    assert lad.loaded_windows() == [(lad.started_at(f), run.judged_at[f] + DRAIN_S)]
+    expected = [(lad.started_at(i), run.judged_at[i] + DRAIN_S) for i in (f - 1, f) if i >= 0]
+    assert lad.loaded_windows() == expected
+    assert [i for i in lad.results if lad.near_capacity(i)] == [i for i in (f - 1, f) if i >= 0]
     assert lad.started_at(f) <= run.sent_from[f]  # the window covers all it sent
 
 
@@ -691,8 +694,10 @@ def test_loaded_windows_open_while_unjudged_closed_after_failure() -> None:
     assert lad.loaded_windows() == [(2.5, math.inf)]
     r = lad.evaluate(3.25, _observer(lad, {0, 1}), 0.0, _always, TIMEOUT)  # rung 2 fails
     assert r is not None and not r.passed and lad.done
-    # closed once judged, plus the time its queue takes to drain
-    assert lad.loaded_windows() == [(2.5, 3.25 + DRAIN_S)]
+    # closed once judged, plus the time its queue takes to drain; rung 1, the last to pass
+    # before the failure, ran close to capacity and counts as loaded too
+    assert lad.loaded_windows() == [(1.75, 2.5 + DRAIN_S), (2.5, 3.25 + DRAIN_S)]
+    assert lad.near_capacity(1) and not lad.near_capacity(0)
 
 
 def test_loaded_window_of_a_rung_failed_on_the_timeout() -> None:

@@ -99,6 +99,12 @@ class LinkConfig:
     """Half-width of the uniform jitter added to ``delay_ms`` per packet, in milliseconds."""
     reorder: bool = False
     """Let jitter reorder packets. False keeps FIFO order (release = max(previous, own))."""
+    jitter_hold_ms: float = 0.0
+    """Keep each jitter sample for this long (ms) instead of drawing one per packet: the
+    path's delay then varies over time, as queueing behind cross traffic or Wi-Fi retries
+    make it do, and a fast stream sees that variation instead of having it flattened by FIFO
+    bunching (with one sample per packet, a stream much faster than 1/jitter is delayed by
+    nearly the maximum every time and shows almost no jitter)."""
     loss_pct: float = 0.0
     """Independent random loss, in percent (0..100) of packets arriving at the link."""
     gilbert: GilbertElliott | None = None
@@ -121,7 +127,7 @@ class LinkConfig:
     """Seed of the loss and jitter random generators (None: fresh random seeds)."""
 
     def __post_init__(self) -> None:
-        for name in ("delay_ms", "jitter_ms"):
+        for name in ("delay_ms", "jitter_ms", "jitter_hold_ms"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(
                     f"{name} must be a finite number >= 0, got {getattr(self, name)!r}"
@@ -199,6 +205,8 @@ class Link(Generic[P]):
         # on how they interleave with jitter draws (which depend on timing).
         self._rng = random.Random(config.seed)
         self._jitter_rng = random.Random(None if config.seed is None else f"{config.seed}/jitter")
+        self._jitter_slot: int | None = None
+        self._jitter_value = 0.0
         self._ge_bad = False
         self._queue: deque[tuple[P, int]] = deque()
         self._queue_bytes = 0
@@ -351,9 +359,15 @@ class Link(Generic[P]):
         cfg = self._config
         delay = cfg.delay_ms / 1000.0
         if cfg.jitter_ms > 0:
-            delay = max(
-                0.0, delay + self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) / 1000.0
-            )
+            if cfg.jitter_hold_ms > 0:
+                slot = math.floor((exit_time - self._epoch) * 1000.0 / cfg.jitter_hold_ms)
+                if slot != self._jitter_slot:
+                    self._jitter_slot = slot
+                    self._jitter_value = self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
+                sample = self._jitter_value
+            else:
+                sample = self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
+            delay = max(0.0, delay + sample / 1000.0)
         release = exit_time + delay
         if not cfg.reorder and release < self._last_release:
             release = self._last_release

@@ -1,0 +1,185 @@
+"""Accuracy of `netprobe check` on emulated links: run it, compare with the truth.
+
+`check_on_profile` runs `netprobe serve` in the lab's server namespace and `netprobe check
+--json` in its client namespace, over the profile's emulated link, as two real processes.
+`judge` (pure) compares the result with the profile's expectation: the verdict, and the
+measured RTT, loss and throughput against the link's true values within the tolerances of
+issue 3 (RTT ±10 % or ±5 ms, random loss ±1.5 points up to 10 %, throughput −30 %/+10 % of a
+rate below the probe's ceiling, never `video` on a link that cannot hold it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .link import LinkConfig
+from .linklab import LinkLab
+from .profiles import Profile
+
+PORT = 8765
+NETPROBE = (sys.executable, "-m", "netprobe")
+#: Probe and echo packet sizes on the wire (IP bytes), for the serialisation part of the RTT.
+PROBE_WIRE_BYTES = 60 + 62
+ECHO_WIRE_BYTES = 160
+#: The probe's top rung (kbit/s): rates at or above it are reported as "at least".
+CEILING_KBPS = 3200
+
+RTT_REL, RTT_ABS_MS = 0.10, 5.0
+LOSS_PTS, LOSS_MAX_JUDGED = 1.5, 10.0
+RATE_LOW, RATE_HIGH = 0.70, 1.10
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    profile: str
+    expected: tuple[str, ...]
+    verdict: str
+    wall_s: float
+    """Time to verdict: from starting the `netprobe check` process to its exit."""
+    result: dict[str, Any]
+    """The check's JSON output (empty if it printed none)."""
+    true_rtt_ms: float | None
+    true_loss: tuple[float | None, float | None]
+    true_rate: tuple[float | None, float | None]
+    trace: bool
+    """Capacity follows a trace: the mean rate is not judged against a few seconds."""
+    exit_code: int
+    stderr: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def verdict_ok(self) -> bool:
+        return self.verdict in self.expected
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _serialisation_ms(size: int, cfg: LinkConfig) -> float:
+    if cfg.rate_kbps is None or cfg.rate_kbps <= 0:
+        return 0.0
+    return size * 8 / cfg.rate_kbps
+
+
+def true_rtt_ms(profile: Profile) -> float | None:
+    """The RTT a probe should see on an idle link: propagation plus the time the bottleneck
+    takes to serialise one probe (uplink) and one echo (downlink)."""
+    if profile.expect is None or profile.expect.rtt_ms is None:
+        return None
+    return (profile.expect.rtt_ms + _serialisation_ms(PROBE_WIRE_BYTES, profile.up)
+            + _serialisation_ms(ECHO_WIRE_BYTES, profile.down))
+
+
+def judge(row: AccuracyRow) -> list[str]:
+    """What is out of tolerance in `row` (pure)."""
+    problems = []
+    if not row.verdict_ok:
+        problems.append(f"verdict {row.verdict}, expected {'/'.join(row.expected)}")
+    if row.verdict == "video" and "video" not in row.expected:
+        problems.append("VIDEO on a link that cannot hold video")
+    m = row.result.get("metrics") or {}
+    rtt = m.get("rtt_ms")
+    # On a trace the bottleneck delivers only at the trace's opportunities, so the idle RTT
+    # is propagation plus a wait that depends on the trace: not judged.
+    if row.true_rtt_ms is not None and rtt is not None and row.verdict != "unknown" and \
+            not row.trace:
+        if abs(rtt - row.true_rtt_ms) > max(RTT_REL * row.true_rtt_ms, RTT_ABS_MS):
+            problems.append(f"rtt {rtt:.0f} ms vs true {row.true_rtt_ms:.0f}")
+    for name, truth_loss, truth_rate in (("up", row.true_loss[0], row.true_rate[0]),
+                                         ("down", row.true_loss[1], row.true_rate[1])):
+        d = m.get(name) or {}
+        loss, kbps, at_least = d.get("loss_pct"), d.get("kbps"), d.get("kbps_at_least")
+        if truth_loss is not None and truth_loss <= LOSS_MAX_JUDGED and loss is not None:
+            if abs(loss - truth_loss) > LOSS_PTS:
+                problems.append(f"{name} loss {loss:.1f} % vs true {truth_loss:g}")
+        if truth_rate is None or kbps is None or row.trace:
+            continue
+        if kbps > RATE_HIGH * truth_rate:
+            problems.append(f"{name} {kbps:.0f} kbit/s OVERSTATES true {truth_rate:g}")
+        elif truth_rate < CEILING_KBPS and not at_least and kbps < RATE_LOW * truth_rate:
+            problems.append(f"{name} {kbps:.0f} kbit/s vs true {truth_rate:g} (< -30 %)")
+    return problems
+
+
+async def check_on_profile(
+    profile: Profile, *, check_args: Sequence[str] = (), timeout: float = 45.0,
+) -> AccuracyRow:
+    """Run `netprobe serve` and `netprobe check --json` over `profile`'s emulated link."""
+    expect = profile.expect
+    async with LinkLab(profile) as lab:
+        server = await lab.exec_server(
+            *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(PORT),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        assert server.stderr is not None
+        line = await asyncio.wait_for(server.stderr.readline(), 20)
+        if b"listening" not in line:
+            raise RuntimeError(f"the reflector did not start: {line.decode(errors='replace')}")
+        t0 = time.monotonic()
+        client = await lab.exec_client(
+            *NETPROBE, "check", "--server", f"http://{lab.server_addr}:{PORT}", "--json",
+            *check_args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(client.communicate(), timeout)
+        wall = time.monotonic() - t0
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        result = {}
+    row = AccuracyRow(
+        profile=profile.name,
+        expected=tuple(expect.verdicts) if expect else (),
+        verdict=str(result.get("verdict", "none")),
+        wall_s=wall,
+        result=result,
+        true_rtt_ms=true_rtt_ms(profile),
+        true_loss=(expect.loss_up_pct, expect.loss_down_pct) if expect else (None, None),
+        true_rate=(expect.rate_up_kbps, expect.rate_down_kbps) if expect else (None, None),
+        trace=profile.up.trace is not None or profile.down.trace is not None,
+        exit_code=client.returncode if client.returncode is not None else -1,
+        stderr=err.decode(errors="replace")[-2000:],
+    )
+    row.problems.extend(judge(row))
+    return row
+
+
+def judged_profiles(profiles: dict[str, Profile]) -> list[Profile]:
+    """Profiles a pre-session check is judged on: those with an expectation and no phases
+    (a link that changes mid-run is for the background agent)."""
+    return [p for p in profiles.values() if p.expect is not None and not p.phases]
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def format_row(row: AccuracyRow) -> str:
+    m = row.result.get("metrics") or {}
+    up, down = m.get("up") or {}, m.get("down") or {}
+
+    def rate(d: dict[str, Any], truth: float | None) -> str:
+        got = _fmt(d.get("kbps")) + ("+" if d.get("kbps_at_least") else "")
+        return f"{got}/{_fmt(truth)}"
+
+    def loss(d: dict[str, Any], truth: float | None) -> str:
+        return f"{_fmt(d.get('loss_pct'), 1)}/{_fmt(truth, 0)}"
+
+    return (f"{row.profile:<18} {'/'.join(row.expected):<17} {row.verdict:<10} "
+            f"{'ok ' if row.verdict_ok else 'BAD'} {row.wall_s:5.1f}  "
+            f"{_fmt(m.get('rtt_ms')):>5}/{_fmt(row.true_rtt_ms):<5} "
+            f"{loss(up, row.true_loss[0]):>9} {loss(down, row.true_loss[1]):>9} "
+            f"{rate(up, row.true_rate[0]):>12} {rate(down, row.true_rate[1]):>13}"
+            + (" (trace)" if row.trace else "")
+            + ("  <- " + "; ".join(row.problems) if row.problems else ""))
+
+
+HEADER = (f"{'profile':<18} {'expected':<17} {'got':<10} {'   '} {'time':>5}  "
+          f"{'rtt/true':<11} {'loss up':>9} {'loss down':>9} {'up kbit/s':>12} "
+          f"{'down kbit/s':>13}")
