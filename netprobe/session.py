@@ -160,6 +160,7 @@ class ClientSession:
         self.probe_interval = settings.probe_interval_ms / 1000
         """Current probe spacing, seconds (grows on a link too slow for the default)."""
         self._slowed_at: float | None = None
+        """When probes were last slowed because they flooded the link on their own."""
         self._calm_from = now
         self._arrivals: list[float] = []
         self._flood_mark = 0
@@ -243,9 +244,9 @@ class ClientSession:
     def _analyse(self) -> _Analysis:
         up_w, down_w = self.up.loaded_windows(), self.down.loaded_windows()
         if self._slowed_at is not None:
-            # Until the probes were slowed down they overloaded the link themselves.
-            flooded = (self.started_at, max(self._slowed_at + SLOWDOWN_DRAIN_S,
-                                            self._calm_from))
+            # Until the probes were slowed down they overloaded the link themselves (and for
+            # as long again as the queue they built takes to drain: `_with_drain`).
+            flooded = (self.started_at, self._slowed_at)
             up_w, down_w = up_w + [flooded], down_w + [flooded]
         up_w, down_w = self._with_drain(up_w), self._with_drain(down_w)
         both = up_w + down_w
@@ -366,7 +367,9 @@ class ClientSession:
         """True when the probes alone fill the link: RTT climbing steadily, sample after
         sample (a queue growing at the bottleneck), by more than 50 ms. Random jitter almost
         never climbs 8 times out of 9 (a chance of about 3 in 10,000)."""
-        recent = [s.rtt for s in self._samples[self._flood_mark:][-FLOOD_SAMPLES:]]
+        since = self._slowed_at if self._slowed_at is not None else -math.inf
+        # Judge the current probe rate on probes sent at it (earlier ones are still queued).
+        recent = [s.rtt for s in self._samples[-FLOOD_SAMPLES:] if s.probe_sent_at >= since]
         if len(recent) < FLOOD_SAMPLES:
             return False
         rises = sum(b > a for a, b in zip(recent, recent[1:], strict=False))
@@ -383,7 +386,7 @@ class ClientSession:
         backlog = self._samples[-1].rtt - min(s.rtt for s in self._samples)
         self._slowed_at = now
         self._calm_from = now + max(SLOWDOWN_DRAIN_S, backlog + 0.5)
-        self._flood_mark = len(self._samples)  # judge the new rate on new samples only
+        self._flood_mark = len(self._samples)
         self._version += 1
 
     def _pace_probes(self, now: float) -> None:
@@ -399,8 +402,6 @@ class ClientSession:
         needed = min(needed, MAX_PROBE_INTERVAL_S)
         if needed > self.probe_interval * 1.05:
             self.probe_interval = needed
-            self._slowed_at = now
-            self._version += 1
 
     def finished(self, now: float) -> bool:
         """True when more measuring cannot change the verdict or sharpen its figures."""

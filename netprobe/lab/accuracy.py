@@ -25,8 +25,8 @@ from .profiles import Profile
 PORT = 8765
 NETPROBE = (sys.executable, "-m", "netprobe")
 #: Probe and echo packet sizes on the wire (IP bytes), for the serialisation part of the RTT.
-PROBE_WIRE_BYTES = 60 + 62
-ECHO_WIRE_BYTES = 160
+PROBE_WIRE_BYTES = 40 + 62
+ECHO_WIRE_BYTES = 94 + 62
 #: The probe's top rung (kbit/s): rates at or above it are reported as "at least".
 CEILING_KBPS = 3200
 
