@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -66,6 +67,8 @@ class ReflectorSettings:
     """Hard time limit of one probe session."""
     max_body_bytes: int = 65536
     """Largest accepted signalling request body."""
+    monitor_timeout_s: float = 14400.0
+    """Hard time limit of a monitoring session (an agent watching a therapy session)."""
     ice_servers: tuple[IceServer, ...] = ()
 
 
@@ -76,10 +79,47 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    server: str = ""
+    """Reflector URL the agent checks against (required to run the agent)."""
+    api_host: str = "127.0.0.1"
+    """The local API's address: loopback only (a non-loopback address is refused)."""
+    api_port: int = 8766
+    idle_interval_s: float = 600.0
+    """Mean time between light checks while no session runs."""
+    idle_jitter: float = 0.2
+    """Each interval is drawn uniformly within ±this share, so machines do not probe in step."""
+    monitor_probe_interval_ms: float = 50.0
+    """Probe spacing while monitoring a session (20/s: ~16 kbit/s up, ~25 kbit/s down)."""
+    window_s: float = 5.0
+    """Rolling window the monitoring verdict is taken over."""
+    step_down_after: int = 3
+    """Consecutive worse windows (one a second) before the recommendation steps down."""
+    step_up_after_s: float = 20.0
+    """Sustained better windows before a step up is tried (then confirmed by a check)."""
+    cpu_limit_pct: float = 90.0
+    """Processor use at which video is no longer recommended."""
+    backoff_min_s: float = 5.0
+    """First wait before retrying an unreachable reflector; doubles up to backoff_max_s."""
+    backoff_max_s: float = 300.0
+    stale_after_s: float = 1800.0
+    """A status older than this is reported as `unknown`, never as a stale `video`."""
+    log_file: str = ""
+    """JSON-lines log path; empty: the platform's default log directory."""
+    log_max_bytes: int = 5_000_000
+    log_backups: int = 5
+    token_file: str = ""
+    """Where the API token is kept (mode 0600); empty: the platform's state directory."""
+    cors_origins: tuple[str, ...] = ()
+    """Web origins (e.g. "https://video.clinic.example") allowed to call the API."""
+
+
+@dataclass(frozen=True)
 class Settings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     reflector: ReflectorSettings = field(default_factory=ReflectorSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -195,6 +235,25 @@ def _validate(obj: Any, where: str) -> None:
         need(obj.max_sessions >= 1, "max_sessions", "must be at least 1")
         need(obj.session_timeout_s > 0, "session_timeout_s", "must be above 0")
         need(obj.max_body_bytes >= 4096, "max_body_bytes", "must be at least 4096")
+    if isinstance(obj, AgentSettings):
+        need(0 < obj.api_port < 65536, "api_port", f"must be 1-65535, got {obj.api_port}")
+        need(obj.api_host in ("127.0.0.1", "::1", "localhost"), "api_host",
+             "the local API binds to loopback only (127.0.0.1, ::1 or localhost)")
+        need(obj.idle_interval_s >= 10, "idle_interval_s", "must be at least 10 seconds")
+        need(0 <= obj.idle_jitter < 1, "idle_jitter", "must be at least 0 and below 1")
+        need(obj.monitor_probe_interval_ms >= 10, "monitor_probe_interval_ms",
+             "must be at least 10")
+        need(obj.window_s >= 1, "window_s", "must be at least 1 second")
+        need(obj.step_down_after >= 1, "step_down_after", "must be at least 1")
+        need(obj.backoff_min_s > 0 and obj.backoff_max_s >= obj.backoff_min_s,
+             "backoff_max_s", "must be at least backoff_min_s, which must be above 0")
+        need(0 < obj.cpu_limit_pct <= 100, "cpu_limit_pct", "must be 1-100")
+        for origin in obj.cors_origins:
+            need(origin.startswith(("http://", "https://")) and origin.count("/") == 2,
+                 "cors_origins", f"{origin!r} is not an origin like https://host[:port]")
+        if obj.server:
+            need(obj.server.startswith(("http://", "https://")), "server",
+                 "must be an http:// or https:// URL")
     if isinstance(obj, VideoThresholds):
         need(obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps")
         need(obj.good_loss_pct <= obj.max_loss_pct, "good_loss_pct",
@@ -225,13 +284,53 @@ def load_settings(path: Path | None = None, thresholds: Path | None = None) -> S
     """Load settings from `path` (defaults if None) and the thresholds file."""
     data: dict[str, Any] = {} if path is None else _read_toml(path)
     where = str(path)
-    unknown = sorted(set(data) - {"probe", "reflector", "privacy"})
+    sections = {"probe": ProbeSettings, "reflector": ReflectorSettings,
+                "privacy": PrivacySettings, "agent": AgentSettings}
+    unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown section [{unknown[0]}] (known: [probe], [reflector], [privacy])")
-    return Settings(
-        probe=_build(ProbeSettings, data.get("probe", {}), f"{where}: probe"),
-        reflector=_build(ReflectorSettings, data.get("reflector", {}), f"{where}: reflector"),
-        privacy=_build(PrivacySettings, data.get("privacy", {}), f"{where}: privacy"),
-        thresholds=load_thresholds(thresholds),
-    )
+        raise ConfigError(f"{where}: {_line_note(path, unknown[0], None)}unknown section "
+                          f"[{unknown[0]}] (known: {', '.join(f'[{s}]' for s in sections)})")
+    built = {}
+    for name, cls in sections.items():
+        try:
+            built[name] = _build(cls, data.get(name, {}), f"{where}: {name}")
+        except ConfigError as exc:
+            found = re.search(rf": {name}\.(\w+)", str(exc)) or re.search(
+                r"unknown setting '(\w+)'", str(exc))
+            key = found.group(1) if found else None
+            raise ConfigError(_with_line(str(exc), path, name, key)) from None
+    return Settings(thresholds=load_thresholds(thresholds), **built)
+
+
+def _locate(path: Path | None, section: str, key: str | None) -> int | None:
+    """Line number (from 1) of `key` in `[section]` of the TOML file, or of the section."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    current, header_line = None, None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if line.startswith("[") and not line.startswith("[["):
+            current = line.strip("[] ").split(".")[0]
+            if current == section and header_line is None:
+                header_line = number
+            continue
+        if current == section and key and line.split("=", 1)[0].strip() == key:
+            return number
+    return header_line
+
+
+def _line_note(path: Path | None, section: str, key: str | None) -> str:
+    line = _locate(path, section, key)
+    return f"line {line}: " if line else ""
+
+
+def _with_line(message: str, path: Path | None, section: str, key: str | None) -> str:
+    note = _line_note(path, section, key)
+    if not note or path is None:
+        return message
+    prefix = f"{path}: "
+    return prefix + note + message[len(prefix):] if message.startswith(prefix) else message

@@ -236,6 +236,11 @@ class Ladder:
             windows.append((start, float("inf") if end is None else end + IDLE_MARGIN_S))
         return windows
 
+    def failed_windows(self) -> list[tuple[float, float]]:
+        """From the start of each failed rung until it was judged: the link's queue full."""
+        return [(self._started_at[i], self._judged_at[i])
+                for i, r in self.results.items() if not r.passed and i in self._judged_at]
+
     def near_capacity(self, index: int) -> bool:
         """True for a rung that failed, and for the last rung that passed before one failed:
         it ran close to the link's capacity, so it may have filled the bottleneck queue."""

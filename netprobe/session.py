@@ -37,7 +37,7 @@ LOSS_DECISIVE_PCT = 15.0
 #: Half-width (percentage points, 95 %) the loss figure must reach before stopping early.
 LOSS_PRECISION_PTS = 1.5
 #: Calm packets without a single loss after which 0 % loss is reported without sharpening.
-MIN_CLEAN_SAMPLES = 50
+MIN_CLEAN_SAMPLES = 100
 #: Calm probes needed before their loss is allowed for when judging a rung.
 MIN_LOSS_SAMPLES = 20
 #: Stop sharpening the loss figure this long before the deadline (seconds).
@@ -107,7 +107,8 @@ class _Analysis:
     """RTT samples (ms) of probes sent while the link was calm (idle or a rung well below
     capacity)."""
     loaded_rtts: list[float]
-    """RTT samples (ms) of probes sent while a rung saturated it."""
+    """RTT samples (ms) of probes sent while a rung too fast for the link was being sent
+    (the queue full: bufferbloat)."""
     up_probes: _Counts
     down_probes: _Counts
     up_loss: _Counts
@@ -255,10 +256,14 @@ class ClientSession:
         def loaded(start: float, end: float, windows: list[tuple[float, float]]) -> bool:
             return any(ws <= end and start <= we for ws, we in windows)
 
+        full = self.up.failed_windows() + self.down.failed_windows()
         idle_rtt, calm_rtt, loaded_rtt, up_jit, down_jit = [], [], [], [], []
         for s in self._samples:
             t = s.probe_sent_at
-            (loaded_rtt if loaded(t, t, both) else calm_rtt).append(s.rtt * 1000)
+            if not loaded(t, t, both):
+                calm_rtt.append(s.rtt * 1000)
+            if loaded(t, t, full):
+                loaded_rtt.append(s.rtt * 1000)
             if not loaded(t, t, active):
                 idle_rtt.append(s.rtt * 1000)
             if s.index >= JITTER_WARMUP:
@@ -468,8 +473,9 @@ class ClientSession:
         a = self._analysis()
         calm, loaded = a.calm_rtts, a.loaded_rtts
         # The idle RTT (what a ping would say), else the calm one, else whatever we have.
-        rtts = next((x for x in (a.idle_rtts, calm, loaded) if len(x) >= 5),
-                    a.idle_rtts or calm or loaded)
+        every = [s.rtt * 1000 for s in self._samples]
+        rtts = next((x for x in (a.idle_rtts, calm, every) if len(x) >= 5),
+                    a.idle_rtts or calm or every)
         rtt = percentile(rtts, 50) if rtts else None
         up_counts, down_counts = self._loss_counts()
         up_loss = 100 * up_counts.fraction if up_counts.expected else None
@@ -529,11 +535,11 @@ class ClientSession:
 
 
 def _random_loss(counts: _Counts) -> float:
-    """The link's own loss to allow for when judging a rung: the upper end of the 95 %
-    interval, or none while too few calm probes were counted to say (else an unknown loss
-    would excuse any shortfall)."""
+    """The link's own loss to allow for when judging a rung: the upper end of its 95 %
+    interval once enough calm probes were counted, the plain share lost before that (the
+    upper end of a handful of samples would excuse any shortfall)."""
     if counts.expected < MIN_LOSS_SAMPLES:
-        return 0.0
+        return counts.fraction
     return wilson_interval(counts.lost, counts.expected)[1]
 
 

@@ -7,22 +7,36 @@ no asyncio. The two ends run the project's real pure code (`ClientSession`, `Res
 client (`netprobe/probe.py: run_check`)
     * the session is created once the connection is up (`connect_s` after the check began);
     * a probe `Pacer` sends `encode_probe(session.next_probe(now), probe_size)` every
-      `probe_interval_ms`; an uplink-load `Pacer` asks `_up_step` (`session.up_rung(now)`)
+      `session.probe_interval` s (read at each send: the session slows probes down on a
+      slow link); an uplink-load `Pacer` asks `_up_step` (`session.up_rung(now)`)
       and sends `encode_load(session.next_up_load(rung, now), rung.payload_size)` every
       `rung.interval` s, polling every 10 ms while there is nothing to send;
     * the receive taps feed echoes to `session.on_echo` and load to
       `session.on_down_load(load, len(payload), now)`, swallowing exceptions;
+    * the session is `ClientSession(settings, thresholds, now, deadline)` with the engine's
+      deadline `t0 + max_duration_s - 0.2` (client clock);
     * every 50 ms: `session.tick(now)`, `session.progress(now)`, stop on
-      `session.finished(now)` or at the deadline `t0 + max_duration_s - 0.2`; then
-      `session.metrics()` and `classify(metrics, thresholds)`.
+      `session.finished(now)` or at that deadline; then `session.metrics()` and
+      `classify(metrics, thresholds)`.
 
 reflector (`netprobe/reflector.py: ReflectorSession`)
     * its downlink `Pacer` starts when the offer is handled (before the client's session
-      exists) and runs `_down_schedule`: `responder.down_request(now)`, payload
-      `max(payload_size, 64)`, interval `(size + 66) * 8 / (rate_kbps * 1000)`;
-    * each probe is given to `responder.on_probe(probe, now)` and answered at once with
-      `encode_echo(responder.echo(probe, now, now))`;
+      exists) and runs `_down_schedule`: `responder.down_request(now)` (the responder times
+      each rung itself: `down_duration_ms` from the first probe asking for it, never
+      restarted), payload `max(payload_size, 64)`, interval
+      `(size + 66) * 8 / (rate_kbps * 1000)`, each packet from `responder.next_down_load`;
+    * `_on_audio`: each probe goes to `responder.on_probe(probe, now)` and is answered at
+      once with `encode_echo(responder.echo(probe, now, now))` (the echo's `down_sent`
+      entries carry `(rung, sent, finished)`);
     * uplink load goes to `responder.on_up_load(load, len(payload), now)`.
+
+The harness also records the truth it needs for its oracles, outside netprobe's code: the
+fate of every probe, echo and load packet on the link (`random`, `queue` or `ok`), each
+echo the client got, and RFC 3550 jitter of the link's real transits at every echo
+(`SimResult.loss_truth`, `true_loss_pct`, `true_jitter_ms`). It reads only public ladder
+state (`results`, `loaded_windows()`) to know which packets netprobe's figures count, and
+applies the counting rules itself (`SimResult.counted_rungs`), so that a bug in the
+ladder's own helpers (`near_capacity`) shows up as a mismatch.
 
 The `Pacer` model follows `netprobe/rtc.py: Pacer._run` (absolute timetable, `max_lag`,
 `idle_poll`). Packets are sent the moment the pacer pushes them (no sender-side delay).
@@ -46,16 +60,22 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netprobe.classify import Thresholds, Verdict, classify
 from netprobe.config import ProbeSettings, load_thresholds
-from netprobe.measure import LOAD_OVERHEAD_BYTES, PROBE_OVERHEAD_BYTES, JitterEstimator
+from netprobe.measure import (
+    LOAD_OVERHEAD_BYTES,
+    PROBE_OVERHEAD_BYTES,
+    JitterEstimator,
+    percentile,
+)
 from netprobe.metrics import LinkMetrics
-from netprobe.responder import Responder
-from netprobe.session import ClientSession
+from netprobe.responder import REPORTED_DOWN_RUNGS, REPORTED_UP_RUNGS, Responder
+from netprobe.session import JITTER_WARMUP, ClientSession
 from netprobe.wire import (
     TYPE_ECHO,
     TYPE_LOAD,
@@ -120,11 +140,14 @@ class Direction:
 
 #: Wire size of an echo before the ladder runs (no rung reports, no downlink counts).
 MIN_ECHO_WIRE = len(encode_echo(Echo(0, 0.0, 0, 0.0, 0.0, 0, 0, 0.0))) + PROBE_OVERHEAD_BYTES
-#: Wire size of a typical echo once the ladder runs (3 rung reports, 3 downlink counts).
+#: Wire size of a typical echo once the ladder runs (as many rung reports and downlink
+#: counts as the responder puts in an echo).
 TYPICAL_ECHO_WIRE = len(encode_echo(Echo(
     0, 0.0, 0, 0.0, 0.0, 0, 0, 0.0,
-    tuple(RungReport(i, 0, 0, 0.0, 0.0, 0, 0) for i in range(3)),
-    tuple((i, 0) for i in range(3))))) + PROBE_OVERHEAD_BYTES
+    tuple(RungReport(i, 0, 0, 0.0, 0.0, 0, 0) for i in range(REPORTED_UP_RUNGS)),
+    tuple((i, 0, False) for i in range(REPORTED_DOWN_RUNGS))))) + PROBE_OVERHEAD_BYTES
+#: `ProbeSettings.probe_size` by default.
+DEFAULT_PROBE_SIZE = ProbeSettings().probe_size
 
 
 @dataclass(frozen=True)
@@ -141,7 +164,7 @@ class LinkSpec:
         """Propagation RTT."""
         return self.up.delay_ms + self.down.delay_ms
 
-    def true_rtt_range_ms(self, probe_size: int = 60) -> tuple[float, float]:
+    def true_rtt_range_ms(self, probe_size: int = DEFAULT_PROBE_SIZE) -> tuple[float, float]:
         """Unloaded RTT of a probe and its echo: propagation plus serialisation at the
         bottlenecks, for the smallest echo (warm-up) and a typical one (ladder running).
         With jitter the mean is higher still (no reordering holds packets back)."""
@@ -149,7 +172,7 @@ class LinkSpec:
         return (self.base_rtt_ms + 1000 * (probe + self.down.serialisation_s(MIN_ECHO_WIRE)),
                 self.base_rtt_ms + 1000 * (probe + self.down.serialisation_s(TYPICAL_ECHO_WIRE)))
 
-    def true_rtt_ms(self, probe_size: int = 60) -> float:
+    def true_rtt_ms(self, probe_size: int = DEFAULT_PROBE_SIZE) -> float:
         """Unloaded RTT of a probe and a warm-up echo."""
         return self.true_rtt_range_ms(probe_size)[0]
 
@@ -202,19 +225,27 @@ class LinkDirection:
         self._limit = spec.queue_limit
         self.stats = DirectionStats()
         self.transits: dict[str, list[tuple[float, float]]] = {}
-        """Per kind, (sent, arrived) of every delivered packet (the truth for jitter)."""
+        """Per kind, (sent, arrived) of every delivered packet."""
+        self.fates: dict[tuple[str, int], str] = {}
+        """(kind, sequence number) -> `random` (lost on entry), `queue` (dropped by the
+        full queue) or `ok` (delivered), for packets sent with a key."""
 
-    def send(self, wire_bytes: int, kind: str, deliver: Callable[[float], None]) -> None:
+    def send(self, wire_bytes: int, kind: str, deliver: Callable[[float], None],
+             key: int | None = None) -> None:
         t = self.sim.now
         st = self.stats
         st.bump(st.sent, kind)
         if self.spec.loss_pct and self._loss_rng.random() * 100 < self.spec.loss_pct:
             st.bump(st.lost_random, kind)
+            if key is not None:
+                self.fates[(kind, key)] = "random"
             return
         if self._bps is not None:
             backlog = max(0.0, self._busy_until - t) * self._bps / 8
             if backlog + wire_bytes > self._limit + 1e-6:  # float slack: exact fits fit
                 st.bump(st.dropped_queue, kind)
+                if key is not None:
+                    self.fates[(kind, key)] = "queue"
                 return
             start = max(t, self._busy_until)
             exit_at = start + wire_bytes * 8 / self._bps
@@ -229,6 +260,8 @@ class LinkDirection:
         release = max(self._last_release, exit_at + delay)
         self._last_release = release
         st.bump(st.delivered, kind)
+        if key is not None:
+            self.fates[(kind, key)] = "ok"
         self.transits.setdefault(kind, []).append((t, release))
         self.sim.at(release, _P_ARRIVAL, deliver)
 
@@ -314,6 +347,27 @@ class SimPacer:
 # ------------------------------------------------------------------------- the check
 
 
+@dataclass(frozen=True)
+class EchoSeen:
+    """An echo as the client received it (first copy), with the link's truth at that time."""
+
+    seq: int
+    probe_sent_at: float
+    """Client clock: when the answered probe left."""
+    up_highest: int
+    up_received: int
+    arrived: float
+    """Simulated time of arrival."""
+    true_up_jitter_ms: float
+    """RFC 3550 jitter of the probes the reflector had received when it sent this echo,
+    from the link's own send and arrival times."""
+    true_down_jitter_ms: float
+    """RFC 3550 jitter of the echoes the client had received, this one included."""
+    rtt: float
+    """Round trip in seconds as the client reckons it (its clock at arrival, minus the
+    probe's send time, minus the reflector's hold)."""
+
+
 @dataclass
 class SimResult:
     link: LinkSpec
@@ -333,6 +387,18 @@ class SimResult:
     down: DirectionStats
     up_transits: dict[str, list[tuple[float, float]]]
     down_transits: dict[str, list[tuple[float, float]]]
+    up_fates: dict[tuple[str, int], str]
+    down_fates: dict[tuple[str, int], str]
+    echoes: list[EchoSeen]
+    """Echoes the client's session got, in order of arrival."""
+    iteration_cpu: list[tuple[float, float]]
+    """(simulated time, CPU seconds) of each control-loop iteration's calls into the
+    session (`tick`, `progress`, `finished`): the engine runs them in its event loop."""
+    probe_slowdowns: list[tuple[float, float, bool]]
+    """(client clock, new `session.probe_interval`, flooded) at each control-loop iteration
+    that changed the probe spacing, as the harness saw it. `flooded`: the ladder had not
+    started yet, so the probes alone were flooding the link (`_slow_probes_to_echo_spacing`);
+    otherwise a failed rung showed the link too slow for them (`_pace_probes`)."""
     errors: list[str]
     """Exceptions the receive taps swallowed (the engine logs and drops them)."""
     settings: ProbeSettings
@@ -347,36 +413,97 @@ class SimResult:
     def reason_codes(self) -> list[str]:
         return [r.code for r in self.verdict.reasons]
 
-    def counted_kinds(self, direction: str) -> tuple[str, ...]:
-        """The packets a direction's loss figure is defined on (`session._up_counts`,
-        `_down_counts`): probes (up) or echoes (down), plus load of the rungs that passed."""
-        lad = self.session.up if direction == "up" else self.session.down
-        passed = tuple(f"load:{i}" for i, r in lad.results.items() if r.passed)
-        return ("probe" if direction == "up" else "echo",) + passed
+    # -- the truth, on the packets netprobe's figures are defined on --------------------
+
+    def _ladder(self, direction: str) -> Any:
+        return self.session.up if direction == "up" else self.session.down
+
+    def loaded_windows(self, direction: str) -> list[tuple[float, float]]:
+        """The periods (client clock) the figures of `direction` leave out, as
+        `ClientSession._analyse` defines them: the ladder's `loaded_windows()`, plus, if the
+        probes alone flooded the link, everything from the session's start to the last
+        time they were slowed down for it (`probe_slowdowns`); each window then extended by
+        the queueing delay seen in it (the highest RTT of a probe sent in it above the least
+        RTT of all: a queue takes that long to drain). RTTs and slowdowns are the harness's
+        own records, not the session's."""
+        windows = list(self._ladder(direction).loaded_windows())
+        floods = [at for at, _, flooded in self.probe_slowdowns if flooded]
+        if floods:
+            windows.append((self.session.started_at, floods[-1]))
+        if not self.echoes or not windows:
+            return windows
+        base = min(e.rtt for e in self.echoes)
+        return [(ws, we + max((e.rtt for e in self.echoes if ws <= e.probe_sent_at <= we),
+                              default=base) - base)
+                for ws, we in windows]
+
+    def calm(self, start: float, end: float, direction: str) -> bool:
+        """[start, end] (client clock) meets none of `loaded_windows(direction)`."""
+        return not any(ws <= end and start <= we for ws, we in self.loaded_windows(direction))
+
+    def counted_rungs(self, direction: str) -> list[int]:
+        """Rungs whose load the loss figure counts (`ClientSession._analyse`): those that
+        passed *well below* capacity. A passed rung right before a failed one ran close to
+        the link's capacity (`Ladder.near_capacity`, which this mirrors from `results`
+        alone): it may have filled the queue, so it is a loaded window, not counted."""
+        results = self._ladder(direction).results
+        return sorted(i for i, r in results.items()
+                      if r.passed and not (i + 1 in results and not results[i + 1].passed))
+
+    def counted_packets(self, direction: str) -> list[tuple[str, int]]:
+        """The packets the loss figure counts (`ClientSession._analyse`): probes (up) or
+        echoes (down) of calm stretches between consecutive echoes (a stretch is calm if it
+        meets no loaded window of that direction's ladder), plus the load of
+        `counted_rungs`. Read from what the client received and the ladders' windows, not
+        from the session's own counters."""
+        out: list[tuple[str, int]] = []
+        prev_seq, prev_t, prev_hi = -1, self.session.started_at, -1
+        for e in sorted(self.echoes, key=lambda x: x.seq):
+            if self.calm(prev_t, e.probe_sent_at, "up") and e.up_highest > prev_hi:
+                out += [("probe", k) for k in range(prev_hi + 1, e.up_highest + 1)] \
+                    if direction == "up" else []
+            if self.calm(prev_t, e.probe_sent_at, "down") and direction == "down":
+                out += [("echo", k) for k in range(prev_seq + 1, e.seq + 1)]
+            prev_seq, prev_t, prev_hi = e.seq, e.probe_sent_at, max(prev_hi, e.up_highest)
+        fates = self.up_fates if direction == "up" else self.down_fates
+        for i in self.counted_rungs(direction):
+            out += [k for k in fates if k[0] == f"load:{i}"]
+        return out
+
+    def loss_truth(self, direction: str) -> dict[str, int]:
+        """Fates on the link of the packets the loss figure counts."""
+        fates = self.up_fates if direction == "up" else self.down_fates
+        tally = {"counted": 0, "random": 0, "queue": 0, "ok": 0}
+        for k in self.counted_packets(direction):
+            tally["counted"] += 1
+            tally[fates.get(k, "ok")] += 1
+        return tally
 
     def true_loss_pct(self, direction: str) -> float | None:
-        """Random loss the link really inflicted on the packets the figure counts."""
-        stats = self.up if direction == "up" else self.down
-        return stats.random_loss_pct(self.counted_kinds(direction))
+        """Random loss the link really inflicted on the packets the figure counts (a queue
+        drop there is self-inflicted loss that the figure should not contain)."""
+        t = self.loss_truth(direction)
+        return 100 * t["random"] / t["counted"] if t["counted"] else None
 
     def true_jitter_ms(self, direction: str) -> float | None:
-        """RFC 3550 jitter of the very packets netprobe's figure is computed on, from the
-        link's own send and arrival times: up, the probes that reached the reflector before
-        it sent the last echo the client got; down, the echoes the client got."""
-        if direction == "up":
-            last = self.session._last_echo
-            if last is None:
-                return None
-            until = last.sent_at - self.reflector_clock
-            transits = self.up_transits.get("probe", [])
-        else:
-            until = self.total_s
-            transits = self.down_transits.get("echo", [])
-        est = JitterEstimator()
-        for sent, arrived in transits:
-            if arrived <= until:
-                est.update(sent, arrived)
-        return est.jitter * 1000 if est.samples else None
+        """netprobe's jitter figure computed on the link's truth: the median, over the same
+        echoes (calm for `direction`, after the estimator's warm-up of
+        `session.JITTER_WARMUP`), of the RFC 3550 jitter of the real transits."""
+        values = [e.true_up_jitter_ms if direction == "up" else e.true_down_jitter_ms
+                  for i, e in enumerate(self.echoes)
+                  if i >= JITTER_WARMUP and self.calm(e.probe_sent_at, e.probe_sent_at,
+                                                      direction)]
+        return percentile(values, 50) if values else None
+
+    def down_rung_sends(self) -> dict[int, tuple[int, float, float]]:
+        """Per downlink rung: (packets the reflector sent, send times of the first and last
+        delivered packet, simulated s)."""
+        out = {}
+        for kind, tr in self.down_transits.items():
+            if kind.startswith("load:"):
+                sent = self.down.sent.get(kind, 0)
+                out[int(kind[5:])] = (sent, tr[0][0], tr[-1][0])
+        return out
 
 
 def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = None,
@@ -392,26 +519,37 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
     errors: list[str] = []
     state: dict[str, Any] = {"session": None, "stopped_by": "eof", "stopped_early": False,
                              "end": None}
+    # The truth for jitter: RFC 3550 on the link's own send and arrival times.
+    true_up_jitter, true_down_jitter = JitterEstimator(), JitterEstimator()
+    up_jitter_at_echo: dict[int, float] = {}
+    echoes_seen: list[EchoSeen] = []
+    iteration_cpu: list[tuple[float, float]] = []
+    probe_slowdowns: list[tuple[float, float, bool]] = []
+    echo_seqs: set[int] = set()
 
     # --- reflector (ReflectorSession) ---------------------------------------------------
     responder = Responder()
 
     def reflector_send_audio(payload: bytes) -> None:
+        seq, sent = decode_echo(payload).seq, sim.now
+        up_jitter_at_echo[seq] = true_up_jitter.jitter * 1000
         downlink.send(len(payload) + PROBE_OVERHEAD_BYTES, "echo",
-                      lambda t, p=payload: client_on_audio(p, t))
+                      lambda t, p=payload: client_on_audio(p, t, sent), key=seq)
 
     def reflector_send_video(payload: bytes) -> None:
         downlink.send(len(payload) + LOAD_OVERHEAD_BYTES, _load_kind(payload),
-                      lambda t, p=payload: client_on_video(p, t))
+                      lambda t, p=payload: client_on_video(p, t), key=decode_load(payload).seq)
 
-    def reflector_on_audio(payload: bytes, t: float) -> None:
+    def reflector_on_audio(payload: bytes, t: float, sent: float) -> None:
+        # ReflectorSession._on_audio: on_probe, then echo_track.push(factory); the factory
+        # (responder.echo(probe, now, time.monotonic())) runs when the echo is sent: at once.
         try:
             now = r_clock(t)
             if packet_type(payload) != TYPE_PROBE:
                 return
             probe = decode_probe(payload)
+            true_up_jitter.update(sent, t)  # harness truth (no duplicates on this link)
             responder.on_probe(probe, now)
-            # echo_track.push(factory): the factory runs when the echo is sent (at once)
             reflector_send_audio(encode_echo(responder.echo(probe, now, r_clock(sim.now))))
         except Exception as exc:  # install_tap swallows and logs
             errors.append(f"reflector audio: {exc!r}")
@@ -437,13 +575,22 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
 
     # --- client (probe.py) --------------------------------------------------------------
 
-    def client_on_audio(payload: bytes, t: float) -> None:
+    def client_on_audio(payload: bytes, t: float, sent: float) -> None:
         session = state["session"]
         if session is None or state["end"] is not None:
             return
         try:
             if packet_type(payload) == TYPE_ECHO:
-                session.on_echo(decode_echo(payload), c_clock(t))
+                echo = decode_echo(payload)
+                if echo.seq not in echo_seqs:  # the harness's record (first copies)
+                    echo_seqs.add(echo.seq)
+                    true_down_jitter.update(sent, t)
+                    echoes_seen.append(EchoSeen(
+                        echo.seq, echo.probe_sent_at, echo.up_probes_highest,
+                        echo.up_probes_received, t, up_jitter_at_echo[echo.seq],
+                        true_down_jitter.jitter * 1000,
+                        c_clock(t) - echo.probe_sent_at - max(0.0, echo.hold)))
+                session.on_echo(echo, c_clock(t))
         except Exception as exc:
             errors.append(f"client audio: {exc!r}")
 
@@ -458,12 +605,14 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
             errors.append(f"client video: {exc!r}")
 
     def client_send_probe(payload: bytes) -> None:
+        sent = sim.now
         uplink.send(len(payload) + PROBE_OVERHEAD_BYTES, "probe",
-                    lambda t, p=payload: reflector_on_audio(p, t))
+                    lambda t, p=payload: reflector_on_audio(p, t, sent),
+                    key=decode_probe(payload).seq)
 
     def client_send_load(payload: bytes) -> None:
         uplink.send(len(payload) + LOAD_OVERHEAD_BYTES, _load_kind(payload),
-                    lambda t, p=payload: reflector_on_video(p, t))
+                    lambda t, p=payload: reflector_on_video(p, t), key=decode_load(payload).seq)
 
     t_connect = link.connect_time_s
     # The reflector handles the offer about one RTT into the connection set-up (TCP
@@ -476,13 +625,13 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
 
     def start_session(t: float) -> None:
         now = c_clock(t)
-        session = ClientSession(cfg, thr, now)
+        # probe.py: deadline = t0 + max_duration_s - 0.2, handed to the session (client clock)
+        session = ClientSession(cfg, thr, now, c_clock(deadline))
         state["session"] = session
-        interval = cfg.probe_interval_ms / 1000
 
         def probe_schedule(_now: float) -> tuple[float, PayloadFactory]:
-            return interval, lambda: encode_probe(session.next_probe(c_clock(sim.now)),
-                                                  cfg.probe_size)
+            return session.probe_interval, lambda: encode_probe(
+                session.next_probe(c_clock(sim.now)), cfg.probe_size)
 
         def up_step(now: float) -> tuple[float, PayloadFactory] | None:
             rung = session.up_rung(now)
@@ -501,9 +650,15 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
     def tick(t: float, _planned: float) -> None:
         session: ClientSession = state["session"]
         now = c_clock(t)
+        interval, ladder_started = session.probe_interval, session.up.started
+        cpu = time.process_time()
         session.tick(now)
         session.progress(now)
-        if session.finished(now):
+        finished = session.finished(now)
+        iteration_cpu.append((t, time.process_time() - cpu))
+        if session.probe_interval != interval:  # the harness's record (public attribute)
+            probe_slowdowns.append((now, session.probe_interval, not ladder_started))
+        if finished:
             state["stopped_by"] = "finished"
             state["stopped_early"] = not (session.up.done and session.down.done) or any(
                 len(ladder.results) < len(ladder.rungs) and all(
@@ -534,7 +689,9 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
         link=link, verdict=verdict, metrics=metrics, session=session, responder=responder,
         stopped_by=state["stopped_by"], stopped_early=state["stopped_early"],
         session_s=end - t_connect, total_s=end, up=uplink.stats, down=downlink.stats,
-        up_transits=uplink.transits, down_transits=downlink.transits, errors=errors,
+        up_transits=uplink.transits, down_transits=downlink.transits,
+        up_fates=uplink.fates, down_fates=downlink.fates, echoes=echoes_seen,
+        iteration_cpu=iteration_cpu, probe_slowdowns=probe_slowdowns, errors=errors,
         settings=cfg, client_clock=client_clock, reflector_clock=reflector_clock,
     )
 
@@ -556,4 +713,5 @@ def with_rates(link: LinkSpec, up: float | None, down: float | None) -> LinkSpec
                                                                           rate_kbps=down))
 
 
-__all__ = ["Direction", "LinkSpec", "SimResult", "simulate", "symmetric", "with_rates"]
+__all__ = ["Direction", "EchoSeen", "LinkSpec", "SimResult", "simulate", "symmetric",
+           "with_rates"]

@@ -1,0 +1,190 @@
+"""During-session monitoring, pure: a rolling window of probe/echo samples, and the
+hysteresis that turns window verdicts into calm recommendation changes.
+
+`ProbeWindow` keeps what a low-rate probe stream to the reflector tells (RTT, loss and jitter
+in each direction) for the last few seconds. `Hysteresis` steps the recommendation *down* as
+soon as a few consecutive windows agree on a worse verdict, and *up* only after conditions have
+been better for a sustained time and a fresh capacity check has confirmed it: never flapping.
+Both take `now` as an argument and do no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from .classify import AUDIO_ONLY, PHONE, UNKNOWN, VERDICTS, VIDEO, Reason, Thresholds, Verdict, \
+    classify
+from .emodel import estimate_audio_quality
+from .measure import JitterEstimator, SequenceTracker, percentile
+from .metrics import DirectionMetrics, LinkMetrics
+from .wire import Echo
+
+#: Fewest echoes in a window for it to say anything.
+MIN_WINDOW_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at: float
+    """Arrival time of the echo (client clock)."""
+    seq: int
+    rtt: float
+    up_settled: int
+    up_lost_so_far: int
+    up_jitter: float
+    down_jitter: float
+
+
+class ProbeWindow:
+    """The last `span` seconds of a monitoring probe stream."""
+
+    def __init__(self, span: float = 5.0) -> None:
+        self.span = span
+        self._samples: deque[_Sample] = deque()
+        self._seen = SequenceTracker()
+        self._jitter = JitterEstimator()
+        self.last_echo_at: float | None = None
+
+    def on_echo(self, echo: Echo, now: float) -> None:
+        if not self._seen.add(echo.seq):
+            return
+        self._jitter.update(echo.sent_at, now)
+        self.last_echo_at = now
+        rtt = now - echo.probe_sent_at - max(0.0, echo.hold)
+        if rtt < 0:
+            return
+        self._samples.append(_Sample(
+            now, echo.seq, rtt, echo.up_probes_highest,
+            echo.up_probes_highest + 1 - echo.up_probes_received, echo.up_jitter,
+            self._jitter.jitter))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._samples and self._samples[0].at < now - self.span:
+            self._samples.popleft()
+
+    def metrics(self, now: float, capacity: tuple[DirectionMetrics, DirectionMetrics] | None
+                ) -> LinkMetrics | None:
+        """Figures over the window (None if too few echoes). Throughput cannot be measured
+        by a gentle probe stream: it comes from the last capacity check (`capacity`)."""
+        self._trim(now)
+        if len(self._samples) < MIN_WINDOW_SAMPLES:
+            return None
+        ordered = sorted(self._samples, key=lambda s: s.seq)
+        first, last = ordered[0], ordered[-1]
+        down_expected = last.seq - first.seq
+        down_lost = down_expected - (len(ordered) - 1)
+        up_expected = last.up_settled - first.up_settled
+        up_lost = max(0, last.up_lost_so_far - first.up_lost_so_far)
+        up_loss = 100 * min(up_lost, up_expected) / up_expected if up_expected > 0 else 0.0
+        down_loss = 100 * max(0, down_lost) / down_expected if down_expected > 0 else 0.0
+        rtt = percentile([s.rtt for s in ordered], 50) * 1000
+        up_jitter = percentile([s.up_jitter for s in ordered], 50) * 1000
+        down_jitter = percentile([s.down_jitter for s in ordered], 50) * 1000
+        up_rate, down_rate = capacity or (DirectionMetrics(), DirectionMetrics())
+        mos = estimate_audio_quality(rtt, max(up_loss, down_loss), max(up_jitter, down_jitter))
+        return LinkMetrics(
+            rtt_ms=rtt,
+            mos_audio=mos.mos,
+            up=replace(up_rate, loss_pct=up_loss, jitter_ms=up_jitter, packets=up_expected),
+            down=replace(down_rate, loss_pct=down_loss, jitter_ms=down_jitter,
+                         packets=down_expected),
+            connected=True,
+        )
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the last echo arrived (inf if none ever did)."""
+        return float("inf") if self.last_echo_at is None else now - self.last_echo_at
+
+
+@dataclass(frozen=True)
+class HysteresisSettings:
+    step_down_after: int = 3
+    """Consecutive evaluations (one per second) that must agree on a worse verdict."""
+    step_up_after_s: float = 20.0
+    """How long conditions must stay better before a step up is even tried."""
+
+
+@dataclass
+class Hysteresis:
+    """Turns a stream of per-window verdicts into recommendation changes."""
+
+    settings: HysteresisSettings = field(default_factory=HysteresisSettings)
+    current: Verdict = field(default_factory=lambda: Verdict(UNKNOWN, 0.0, ()))
+    _worse_count: int = 0
+    _worse_verdict: Verdict | None = None
+    _better_since: float | None = None
+
+    def reset(self, verdict: Verdict) -> None:
+        """Take `verdict` as the recommendation (from a full check)."""
+        self.current = verdict
+        self._worse_count = 0
+        self._worse_verdict = None
+        self._better_since = None
+
+    def observe(self, verdict: Verdict, now: float) -> tuple[Verdict | None, bool]:
+        """Feed one window verdict. Returns (new recommendation or None, want_confirmation):
+        a step down happens here; a step up is only proposed (`want_confirmation`), to be
+        confirmed by a capacity check and applied with `confirm`."""
+        rank, cur = VERDICTS.index(verdict.verdict), VERDICTS.index(self.current.verdict)
+        if verdict.verdict == UNKNOWN:
+            self._worse_count = 0
+            self._better_since = None
+            return None, False
+        if rank > cur or self.current.verdict == UNKNOWN:
+            self._better_since = None
+            self._worse_count += 1
+            # keep the most cautious verdict seen in the run of bad windows
+            if self._worse_verdict is None or rank > VERDICTS.index(self._worse_verdict.verdict):
+                self._worse_verdict = verdict
+            if self._worse_count >= self.settings.step_down_after or \
+                    self.current.verdict == UNKNOWN:
+                new = self._worse_verdict
+                self.reset(new)
+                return new, False
+            return None, False
+        self._worse_count = 0
+        self._worse_verdict = None
+        if rank < cur:
+            if self._better_since is None:
+                self._better_since = now
+            if now - self._better_since >= self.settings.step_up_after_s:
+                return None, True
+            return None, False
+        self._better_since = None
+        # same verdict: keep the recommendation, refresh its reasons and confidence
+        self.current = verdict
+        return None, False
+
+    def confirm(self, verdict: Verdict, now: float) -> Verdict | None:
+        """Apply the result of a confirmation check: step up if it is better than now."""
+        if VERDICTS.index(verdict.verdict) < VERDICTS.index(self.current.verdict) and \
+                verdict.verdict != UNKNOWN:
+            self.reset(verdict)
+            return verdict
+        self._better_since = now  # not yet: wait another full period before trying again
+        return None
+
+
+def passive_verdict(base: Verdict, *, interface_up: bool, cpu_percent: float | None,
+                    cpu_limit: float = 90.0) -> Verdict:
+    """Fold the machine's own signals into a window verdict: no network interface means the
+    call will drop (phone); a saturated CPU cannot encode video (at most audio only)."""
+    if not interface_up:
+        return Verdict(PHONE, 0.9, (Reason(
+            "network_down",
+            "This computer has lost its network connection. If it does not come back within a "
+            "minute, call your therapist by phone."),))
+    if cpu_percent is not None and cpu_percent >= cpu_limit and base.verdict == VIDEO:
+        return Verdict(AUDIO_ONLY, 0.7, (Reason(
+            "cpu_saturated",
+            f"This computer is very busy ({cpu_percent:.0f} % processor use), too busy to "
+            f"send and show video smoothly. Close other programs, or switch to audio only."),))
+    return base
+
+
+def window_verdict(metrics: LinkMetrics | None, thresholds: Thresholds) -> Verdict:
+    if metrics is None:
+        return Verdict(UNKNOWN, 0.0, ())
+    return classify(metrics, thresholds)
