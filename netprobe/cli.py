@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -58,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="hard time limit of a probe session (default 30)")
     serve.set_defaults(func=_cmd_serve)
 
+    agent = sub.add_parser("agent", help="run the background agent (clinics)",
+                           description="Watch the connection in the background: light checks "
+                                       "while idle, continuous monitoring during a session, a "
+                                       "local API and JSON logs.")
+    agent.add_argument("--server", metavar="URL", help="reflector URL (overrides [agent])")
+    agent.add_argument("--api-port", type=int, metavar="N", help="local API port (default 8766)")
+    agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
+    agent.set_defaults(func=_cmd_agent)
+
+    from . import service
+
+    service.add_parser(sub)
     try:
         from .lab import cli as lab_cli
     except ImportError:  # pragma: no cover - the lab is optional
@@ -191,14 +204,43 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
+    from . import jsonlog
+    from .agent import Agent
+
+    if args.api_port is not None and not 0 < args.api_port < 65536:
+        raise ConfigError("--api-port must be 1-65535")
+    log_file = args.log_file or settings.agent.log_file or None
+    path = Path(log_file) if log_file else jsonlog.default_log_path(
+        scope="system" if os.geteuid() == 0 and os.environ.get("LOGS_DIRECTORY") is None
+        else "user")
+    if os.environ.get("LOGS_DIRECTORY") and not log_file:
+        path = Path(os.environ["LOGS_DIRECTORY"].split(":")[0]) / "netprobe.log"
+    for handler in logging.getLogger().handlers:  # stderr: warnings only, the file has all
+        handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    jsonlog.setup_json_logging(path, max_bytes=settings.agent.log_max_bytes,
+                               backup_count=settings.agent.log_backups,
+                               log_addresses=settings.privacy.log_addresses)
+    agent = Agent(settings, args.config, {"server": args.server, "api_port": args.api_port})
+    try:
+        return asyncio.run(agent.run())
+    finally:
+        jsonlog.flush_and_close()
+
+
+#: Commands that load their own settings (or none).
+_OWN_SETTINGS = {"lab", "service"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        settings = load_settings(args.config, args.thresholds) if args.command != "lab" \
-            else None
-        return int(args.func(args, settings) if args.command != "lab" else args.func(args))
+        if args.command in _OWN_SETTINGS:
+            return int(args.func(args))
+        settings = load_settings(args.config, args.thresholds)
+        return int(args.func(args, settings))
     except ConfigError as exc:
         print(f"netprobe: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -93,6 +93,10 @@ class ProbeWindow:
             connected=True,
         )
 
+    def clear(self) -> None:
+        """Forget the samples so far (e.g. after our own check loaded the link)."""
+        self._samples.clear()
+
     def silent_for(self, now: float) -> float:
         """Seconds since the last echo arrived (inf if none ever did)."""
         return float("inf") if self.last_echo_at is None else now - self.last_echo_at

@@ -23,8 +23,16 @@ from .errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
 from .metrics import LinkMetrics
 from .rtc import PacketTrack, Pacer, create_peer_connection, install_tap, prefer_test_codecs
 from .session import ClientSession, Progress
-from .wire import TYPE_ECHO, TYPE_LOAD, decode_echo, decode_load, encode_load, encode_probe, \
-    packet_type
+from .wire import (
+    TYPE_ECHO,
+    TYPE_LOAD,
+    Probe,
+    decode_echo,
+    decode_load,
+    encode_load,
+    encode_probe,
+    packet_type,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,10 +209,10 @@ def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
     ]
 
 
-async def _connect(pc: Any, server_url: str, cap_s: float) -> None:
+async def _connect(pc: Any, server_url: str, cap_s: float, mode: str = "check") -> None:
     """Offer/answer over HTTP. Raises ServerUnreachable, ServerBusy or ProtocolError."""
     await pc.setLocalDescription(await pc.createOffer())
-    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "mode": mode}
     url = server_url.rstrip("/") + "/v1/offer"
     timeout = aiohttp.ClientTimeout(total=cap_s)
     try:
@@ -236,3 +244,74 @@ async def _connect(pc: Any, server_url: str, cap_s: float) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
     except Exception as exc:
         raise ProtocolError("the server's SDP answer could not be used") from exc
+
+
+class MonitorLink:
+    """A long-lived, gentle probe stream to the reflector for watching a session: probes only
+    (no bitrate ladder), every echo handed to `on_echo(echo, now)`."""
+
+    def __init__(self, server_url: str, settings: Settings, interval_s: float,
+                 on_echo: Callable[[Any, float], None]) -> None:
+        self._url = server_url
+        self._settings = settings
+        self._interval = interval_s
+        self._on_echo = on_echo
+        self._pc = create_peer_connection(settings.probe.ice_servers)
+        self._track = PacketTrack("audio")
+        self._pacer: Pacer | None = None
+        self._seq = 0
+        self.failed = asyncio.Event()
+        """Set when the connection fails or closes."""
+
+    async def connect(self, timeout: float) -> None:
+        """Connect, or raise ServerUnreachable/ServerBusy/ProtocolError/ConnectFailed/
+        TimeoutError (the link is closed again on failure)."""
+        pc = self._pc
+        pc.addTransceiver(self._track, direction="sendrecv")
+        pc.addTransceiver(PacketTrack("video"), direction="sendrecv")
+        prefer_test_codecs(pc)
+
+        def on_audio(payload: bytes, now: float) -> None:
+            if packet_type(payload) == TYPE_ECHO:
+                self._on_echo(decode_echo(payload), now)
+
+        for transceiver in pc.getTransceivers():
+            install_tap(transceiver.receiver, transceiver.kind,
+                        on_audio if transceiver.kind == "audio" else (lambda p, n: None))
+        connected = asyncio.Event()
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "connected":
+                connected.set()
+            elif pc.connectionState in ("failed", "closed"):
+                connected.set()
+                self.failed.set()
+
+        try:
+            async with asyncio.timeout(timeout):
+                await _connect(pc, self._url, timeout, mode="monitor")
+                await connected.wait()
+            if pc.connectionState != "connected":
+                raise ConnectFailed("the monitoring connection failed")
+        except BaseException:
+            await self.close()
+            raise
+        self._pacer = Pacer(self._track, lambda now: (self._interval, self._next_probe))
+        self._pacer.start()
+
+    def _next_probe(self) -> bytes:
+        probe = Probe(seq=self._seq, sent_at=time.monotonic())
+        self._seq += 1
+        return encode_probe(probe, self._settings.probe.probe_size)
+
+    @property
+    def probes_sent(self) -> int:
+        return self._seq
+
+    async def close(self) -> None:
+        if self._pacer is not None:
+            await self._pacer.stop()
+            self._pacer = None
+        await self._pc.close()
+        self.failed.set()

@@ -41,8 +41,9 @@ MAX_SDP_CHARS = 32768
 class ReflectorSession:
     """One client's probe session: a peer connection, its test streams and its state."""
 
-    def __init__(self, pc: RTCPeerConnection, session_id: str) -> None:
+    def __init__(self, pc: RTCPeerConnection, session_id: str, time_limit: float = 30.0) -> None:
         self.id = session_id
+        self.time_limit = time_limit
         self.pc = pc
         self.responder = Responder()
         self.echo_track = PacketTrack("audio")
@@ -188,7 +189,9 @@ class Reflector:
                           "sessions; try again in a few seconds")
         session_id = uuid.uuid4().hex[:12]
         pc = create_peer_connection(self.settings.ice_servers)
-        session = ReflectorSession(pc, session_id)
+        monitor = isinstance(body, dict) and body.get("mode") == "monitor"
+        limit = self.settings.monitor_timeout_s if monitor else self.settings.session_timeout_s
+        session = ReflectorSession(pc, session_id, limit)
         self.sessions[session_id] = session  # counts against the cap while negotiating
         try:
             await pc.setRemoteDescription(offer)
@@ -217,12 +220,12 @@ class Reflector:
         answer = pc.localDescription
         return web.json_response({
             "sdp": answer.sdp, "type": answer.type, "session": session_id,
-            "time_limit_s": self.settings.session_timeout_s,
+            "time_limit_s": limit,
         })
 
     async def _expire(self, session: ReflectorSession) -> None:
         try:
-            await asyncio.wait_for(session.closed.wait(), self.settings.session_timeout_s)
+            await asyncio.wait_for(session.closed.wait(), session.time_limit)
         except TimeoutError:
             logger.info("probe session hit its time limit",
                         extra={"event": "session_timeout", "session": session.id})
@@ -246,6 +249,8 @@ def _parse_offer(body: Any) -> RTCSessionDescription:
     sdp, kind = body.get("sdp"), body.get("type")
     if kind != "offer":
         raise ProtocolError('"type" must be "offer"')
+    if body.get("mode", "check") not in ("check", "monitor"):
+        raise ProtocolError('"mode" must be "check" or "monitor"')
     if not isinstance(sdp, str) or not sdp.strip():
         raise ProtocolError('"sdp" must be a non-empty string')
     if len(sdp) > MAX_SDP_CHARS:
