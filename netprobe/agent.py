@@ -27,8 +27,7 @@ from .classify import UNKNOWN, Reason, Verdict
 from .config import Settings, load_settings
 from .errors import ConfigError, NetprobeError
 from .metrics import DirectionMetrics, LinkMetrics
-from .monitor import Hysteresis, HysteresisSettings, ProbeWindow, passive_verdict, \
-    window_verdict
+from .monitor import Hysteresis, HysteresisSettings, ProbeWindow, passive_verdict, window_verdict
 from .passive import PassiveSampler, PassiveState
 from .probe import CheckResult, MonitorLink, run_check
 

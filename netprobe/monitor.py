@@ -13,8 +13,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from .classify import AUDIO_ONLY, PHONE, UNKNOWN, VERDICTS, VIDEO, Reason, Thresholds, Verdict, \
-    classify
+from .classify import (
+    AUDIO_ONLY,
+    PHONE,
+    UNKNOWN,
+    VERDICTS,
+    VIDEO,
+    Reason,
+    Thresholds,
+    Verdict,
+    classify,
+)
 from .emodel import estimate_audio_quality
 from .measure import JitterEstimator, SequenceTracker, percentile
 from .metrics import DirectionMetrics, LinkMetrics

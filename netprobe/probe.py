@@ -21,7 +21,7 @@ from .classify import UNKNOWN, Reason, Verdict, classify
 from .config import Settings
 from .errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
 from .metrics import LinkMetrics
-from .rtc import PacketTrack, Pacer, create_peer_connection, install_tap, prefer_test_codecs
+from .rtc import Pacer, PacketTrack, create_peer_connection, install_tap, prefer_test_codecs
 from .session import ClientSession, Progress
 from .wire import (
     TYPE_ECHO,

@@ -22,7 +22,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from .config import ReflectorSettings
 from .errors import ProtocolError
 from .responder import Responder
-from .rtc import PacketTrack, Pacer, create_peer_connection, install_tap
+from .rtc import Pacer, PacketTrack, create_peer_connection, install_tap
 from .wire import (
     TYPE_LOAD,
     TYPE_PROBE,
