@@ -114,7 +114,8 @@ class ProbeWindow:
 @dataclass(frozen=True)
 class HysteresisSettings:
     step_down_after: int = 3
-    """Consecutive evaluations (one per second) that must agree on a worse verdict."""
+    """Consecutive evaluations (one per second) that must agree on a worse verdict; the
+    recommendation then steps down to the least cautious of their verdicts."""
     step_up_after_s: float = 20.0
     """How long conditions must stay better before a step up is even tried."""
 
@@ -148,8 +149,9 @@ class Hysteresis:
         if rank > cur or self.current.verdict == UNKNOWN:
             self._better_since = None
             self._worse_count += 1
-            # keep the most cautious verdict seen in the run of bad windows
-            if self._worse_verdict is None or rank > VERDICTS.index(self._worse_verdict.verdict):
+            # step down only as far as every window of the run agrees on (the least cautious
+            # of them): one noisy window must not send a client to the phone
+            if self._worse_verdict is None or rank < VERDICTS.index(self._worse_verdict.verdict):
                 self._worse_verdict = verdict
             if self._worse_count >= self.settings.step_down_after or \
                     self.current.verdict == UNKNOWN:
