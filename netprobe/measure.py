@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 #: Bytes a load packet costs on the wire beyond its payload: RTP header (12), header
 #: extensions abs-send-time and mid (12), VP8 payload descriptor (4), SRTP auth tag (10),
@@ -107,6 +108,27 @@ class SequenceTracker:
             expected = self.highest + 1
             return max(0, expected - self.received)
         return max(0, expected - self.received_below(expected))
+
+
+@dataclass
+class RungArrivals:
+    """The packets of one ladder rung as they arrive: distinct ones, their payload bytes, the
+    first and latest arrival time."""
+
+    seqs: SequenceTracker = field(default_factory=SequenceTracker)
+    payload_bytes: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+
+    def add(self, seq: int, size: int, now: float) -> bool:
+        """Record a packet; False for a duplicate (not counted again)."""
+        if not self.seqs.add(seq):
+            return False
+        if self.seqs.received == 1:
+            self.first_at = now
+        self.payload_bytes += size
+        self.last_at = now
+        return True
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

@@ -7,9 +7,9 @@ the client asked for. If the client's probes stop arriving, the downlink load st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .measure import JitterEstimator, SequenceTracker
+from .measure import JitterEstimator, RungArrivals, SequenceTracker
 from .wire import NO_RUNG, Echo, Load, Probe, RungReport
 
 #: A probe counts as lost only once this many later probes have arrived: a probe that is
@@ -21,22 +21,6 @@ REQUEST_TTL = 1.0
 #: the latest is the one being measured; keeping echoes small keeps slow links unloaded).
 REPORTED_UP_RUNGS = 1
 REPORTED_DOWN_RUNGS = 2
-
-
-@dataclass
-class RungCount:
-    seqs: SequenceTracker = field(default_factory=SequenceTracker)
-    payload_bytes: int = 0
-    first_at: float = 0.0
-    last_at: float = 0.0
-
-    def add(self, seq: int, size: int, now: float) -> None:
-        if not self.seqs.add(seq):
-            return
-        if self.seqs.received == 1:
-            self.first_at = now
-        self.payload_bytes += size
-        self.last_at = now
 
 
 @dataclass(frozen=True)
@@ -52,7 +36,7 @@ class Responder:
         self._probes = SequenceTracker()
         self._jitter = JitterEstimator()
         self._echo_seq = 0
-        self._up: dict[int, RungCount] = {}
+        self._up: dict[int, RungArrivals] = {}
         self._request: DownRequest | None = None
         self._request_at = 0.0
         self._down_started: dict[int, float] = {}
@@ -116,7 +100,7 @@ class Responder:
     def on_up_load(self, load: Load, payload_size: int, now: float) -> None:
         if load.rung < 0:
             return
-        self._up.setdefault(load.rung, RungCount()).add(load.seq, payload_size, now)
+        self._up.setdefault(load.rung, RungArrivals()).add(load.seq, payload_size, now)
 
     def down_request(self, now: float) -> DownRequest | None:
         """The downlink rung to send now, or None: none asked for, its time is up, or the

@@ -13,7 +13,7 @@ reported apart (`rtt_loaded_ms`) and their losses are not counted as the link's 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .classify import VIDEO, Thresholds, classify
 from .config import ProbeSettings
@@ -22,6 +22,7 @@ from .ladder import Ladder, Rung, RungObservation, make_ladder
 from .measure import (
     PROBE_OVERHEAD_BYTES,
     JitterEstimator,
+    RungArrivals,
     SequenceTracker,
     percentile,
     wilson_interval,
@@ -57,16 +58,6 @@ FLOOD_SAMPLES = 10
 ECHO_WIRE_BYTES = 110 + PROBE_OVERHEAD_BYTES
 #: RFC 3550 jitter starts at 0 and converges with gain 1/16: skip its first samples.
 JITTER_WARMUP = 16
-
-
-@dataclass
-class _RungRx:
-    """Downlink load received in one rung."""
-
-    seqs: SequenceTracker = field(default_factory=SequenceTracker)
-    payload_bytes: int = 0
-    first_at: float = 0.0
-    last_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +147,7 @@ class ClientSession:
         self._down_final: dict[int, float] = {}
         self._up_load_seq = 0
         self._up_sent: dict[int, int] = {}
-        self._down_rx: dict[int, _RungRx] = {}
+        self._down_rx: dict[int, RungArrivals] = {}
         self._version = 0
         self.probe_interval = settings.probe_interval_ms / 1000
         """Current probe spacing, seconds (grows on a link too slow for the default)."""
@@ -224,14 +215,8 @@ class ClientSession:
                 len(self._samples)))
 
     def on_down_load(self, load: Load, payload_size: int, now: float) -> None:
-        rx = self._down_rx.setdefault(load.rung, _RungRx())
-        if not rx.seqs.add(load.seq):
-            return
-        self._version += 1
-        if rx.seqs.received == 1:
-            rx.first_at = now
-        rx.payload_bytes += payload_size
-        rx.last_at = now
+        if self._down_rx.setdefault(load.rung, RungArrivals()).add(load.seq, payload_size, now):
+            self._version += 1
 
     # -- calm and loaded periods -------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from netprobe import service
+from netprobe import service, service_files
 from netprobe.errors import ConfigError, NetprobeError
 from netprobe.service import (
     Command,
@@ -803,7 +803,7 @@ def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeM
     fake = FakeManager(tmp_path / "fake", monkeypatch).add("systemctl")
     fake.answer("--user show --property=Version", "Version=255.4-1\n")
     fake.answer("show --property=Version", "Version=252\n")
-    monkeypatch.setattr(service, "host_platform", lambda: "linux")
+    monkeypatch.setattr(service_files, "host_platform", lambda: "linux")
     yield fake
 
 
@@ -879,7 +879,7 @@ def test_system_install_as_root(tmp_path: Path, config_file: Path, systemctl: Fa
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "_is_admin", lambda: True)
     monkeypatch.setattr(service, "_systemd_booted", lambda: True)
-    monkeypatch.setattr(service, "SYSTEMD_SYSTEM_DIR", PurePosixPath(tmp_path / "etc"))
+    monkeypatch.setattr(service_files, "SYSTEMD_SYSTEM_DIR", PurePosixPath(tmp_path / "etc"))
     result = install(ServiceSpec(config=config_file))
     assert result.path == tmp_path / "etc" / "netprobe-agent.service"
     assert ["systemctl", "enable", "--now", "netprobe-agent.service"] in systemctl.calls
@@ -914,7 +914,7 @@ def test_failures_are_netprobe_errors(home: Path, config_file: Path, systemctl: 
 def test_launchd_install_status_uninstall(tmp_path: Path, home: Path, config_file: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeManager(tmp_path / "fake", monkeypatch).add("launchctl")
-    monkeypatch.setattr(service, "host_platform", lambda: "darwin")
+    monkeypatch.setattr(service_files, "host_platform", lambda: "darwin")
     spec = ServiceSpec(config=config_file, scope="user", home=home)
     result = install(spec)
     uid = os.getuid()
@@ -938,12 +938,12 @@ def test_windows_install_status_uninstall(tmp_path: Path, home: Path, config_fil
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeManager(tmp_path / "fake", monkeypatch).add("schtasks")
     xml_copy = tmp_path / "ProgramData" / "netprobe-agent.xml"
-    monkeypatch.setattr(service, "host_platform", lambda: "windows")
+    monkeypatch.setattr(service_files, "host_platform", lambda: "windows")
     monkeypatch.setattr(service, "_is_admin", lambda: True)
-    monkeypatch.setattr(service, "unit_path", lambda spec, platform: xml_copy)
+    monkeypatch.setattr(service_files, "unit_path", lambda spec, platform: xml_copy)
     # Windows paths cannot be tested on this OS; the agent's command is a POSIX one here.
     spec = ServiceSpec(config=config_file, argv=(sys.executable, "-m", "netprobe", "agent"))
-    monkeypatch.setattr(service, "check_spec", lambda spec, platform: None)
+    monkeypatch.setattr(service_files, "check_spec", lambda spec, platform: None)
     fake.answer("/Query /TN netprobe-agent", "ERROR: The system cannot find the file", 1)
     install(spec)
     assert parse_task(xml_copy.read_bytes()).find("t:Actions/t:Exec", NS) is not None
