@@ -53,8 +53,10 @@ def _reason_codes(v: Verdict) -> list[str]:
 class Agent:
     def __init__(self, settings: Settings, config_path: Path | None = None,
                  overrides: dict[str, Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 thresholds_path: Path | None = None) -> None:
         self.config_path = config_path
+        self.thresholds_path = thresholds_path
         self.overrides = overrides or {}
         self.settings = self._apply_overrides(settings)
         self.clock = clock
@@ -76,7 +78,11 @@ class Agent:
         self._session_task: asyncio.Task[None] | None = None
         self._check_lock = asyncio.Lock()
         self._backoff = self.settings.agent.backoff_min_s
+        self.retry_in = self._backoff
+        """Wait before the next attempt on an unreachable reflector (as logged)."""
         self._sampler = PassiveSampler()
+        self._window: ProbeWindow | None = None
+        self._hysteresis: Hysteresis | None = None
 
     # -- settings ---------------------------------------------------------------------
 
@@ -90,7 +96,7 @@ class Agent:
     def reload(self) -> None:
         """SIGHUP: re-read the config file; on error keep running with the old settings."""
         try:
-            new = self._apply_overrides(load_settings(self.config_path))
+            new = self._apply_overrides(load_settings(self.config_path, self.thresholds_path))
         except ConfigError as exc:
             logger.error("config reload failed: %s", exc, extra={
                 "event": "config_error", "path": str(self.config_path), "error": str(exc)})
@@ -186,7 +192,12 @@ class Agent:
                 verdict = passive_verdict(v, interface_up=self.passive.interface_up,
                                           cpu_percent=self.passive.cpu_percent,
                                           cpu_limit=self.settings.agent.cpu_limit_pct)
-                self._set(verdict, result.metrics, "check")
+                self._set(verdict, result.metrics if reachable else LinkMetrics(), "check")
+                # a full check during a session outranks the windows: start them afresh
+                if self._hysteresis is not None:
+                    self._hysteresis.reset(verdict)
+                if self._window is not None:
+                    self._window.clear()
             return result
 
     def _reflector_state(self, reachable: bool, error_code: str | None) -> None:
@@ -196,9 +207,10 @@ class Agent:
             self.reflector = "ok"
             self._backoff = self.settings.agent.backoff_min_s
             return
-        retry = self._backoff
-        logger.warning("reflector unreachable; retrying in %.0f s", retry, extra={
-            "event": "reflector_unreachable", "retry_in_s": retry, "error_code": error_code})
+        self.retry_in = self._backoff
+        logger.warning("reflector unreachable; retrying in %.0f s", self.retry_in, extra={
+            "event": "reflector_unreachable", "retry_in_s": self.retry_in,
+            "error_code": error_code})
         self.reflector = "unreachable"
         self._backoff = min(self._backoff * 2, self.settings.agent.backoff_max_s)
 
@@ -219,7 +231,7 @@ class Agent:
                                                                   "error": str(exc)})
             a = self.settings.agent
             if self.reflector == "unreachable":
-                delay = self._backoff
+                delay = self.retry_in
             else:
                 delay = a.idle_interval_s * random.uniform(1 - a.idle_jitter, 1 + a.idle_jitter)
 
@@ -253,6 +265,7 @@ class Agent:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        self._window = self._hysteresis = None
         duration = time.time() - (self.session_started_wall or time.time())
         self.state = "idle"
         self.session_started_wall = None
@@ -274,9 +287,10 @@ class Agent:
                 self.clock() - self.updated_at > 60 or self.reflector != "ok":
             await self.check("session")
         hysteresis.reset(self.recommendation)
-        backoff = a.backoff_min_s
+        self._hysteresis = hysteresis
         while True:
             window = ProbeWindow(a.window_s)
+            self._window = window
             link = MonitorLink(a.server, self.settings, a.monitor_probe_interval_ms / 1000,
                                window.on_echo)
             try:
@@ -284,12 +298,11 @@ class Agent:
             except (NetprobeError, TimeoutError) as exc:
                 self._reflector_state(False, type(exc).__name__)
                 self._set(passive_verdict(_unreachable(), interface_up=self.passive.interface_up,
-                                          cpu_percent=None), None, "monitor")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, a.backoff_max_s)
+                                          cpu_percent=None), LinkMetrics(), "monitor")
+                hysteresis.reset(self.recommendation)
+                await asyncio.sleep(self.retry_in)
                 continue
             self._reflector_state(True, None)
-            backoff = a.backoff_min_s
             started = self.clock()
             try:
                 while not link.failed.is_set():
@@ -302,8 +315,9 @@ class Agent:
                 await link.close()
             self._reflector_state(False, "monitor_silent")
             self._set(passive_verdict(_unreachable(), interface_up=self.passive.interface_up,
-                                      cpu_percent=None), None, "monitor")
+                                      cpu_percent=None), LinkMetrics(), "monitor")
             hysteresis.reset(self.recommendation)
+            await asyncio.sleep(self.retry_in)
 
     async def _monitor_tick(self, window: ProbeWindow, hysteresis: Hysteresis,
                             now: float) -> None:
@@ -346,7 +360,10 @@ class Agent:
         await api.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except NotImplementedError:  # Windows: no signal handlers on the event loop
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_stop))
         with contextlib.suppress(NotImplementedError, AttributeError):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         logger.info("agent started", extra={"event": "agent_start", "version": __version__,

@@ -84,7 +84,8 @@ class AgentApi:
         app.router.add_post("/v1/session", self.post_session)
         app.router.add_post("/v1/check", self.post_check)
         app.router.add_get("/metrics", self.get_metrics)
-        app.router.add_route("OPTIONS", "/{tail:.*}", self.preflight)
+        for path in ("/v1/status", "/v1/events", "/v1/session", "/v1/check", "/metrics"):
+            app.router.add_route("OPTIONS", path, self.preflight)
         self.app = app
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -159,6 +160,14 @@ class AgentApi:
             code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
                 exc.status, "http_error")
             response = _error(exc.status, code, exc.reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:  # one request must never take the agent down
+            logger.error("API request failed: %s", type(exc).__name__, extra={
+                "event": "error", "where": f"api {request.path}", "error": type(exc).__name__})
+            response = _error(500, "internal_error", "the agent could not answer this request")
         if not response.prepared:
             self._cors(request, response)
         return response

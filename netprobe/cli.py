@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--local", action="store_true",
                         help="self-test against a reflector started on this machine "
                              "(does not test the internet link)")
+    _late_config(check)
     check.add_argument("--json", action="store_true",
                        help="print exactly one JSON object (schema netprobe.check/1)")
     check.add_argument("--max-duration", type=float, metavar="S",
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     serve = sub.add_parser("serve", help="run a reflector (the clinic's test server)")
+    _late_config(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8765)")
     serve.add_argument("--max-sessions", type=int, help="concurrent probe sessions (default 4)")
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                            description="Watch the connection in the background: light checks "
                                        "while idle, continuous monitoring during a session, a "
                                        "local API and JSON logs.")
+    _late_config(agent)
     agent.add_argument("--server", metavar="URL", help="reflector URL (overrides [agent])")
     agent.add_argument("--api-port", type=int, metavar="N", help="local API port (default 8766)")
     agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
@@ -78,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     else:
         lab_cli.add_parser(sub)
     return parser
+
+
+def _late_config(sub: argparse.ArgumentParser) -> None:
+    """Accept --config/--thresholds after the subcommand too (`netprobe agent --config F`)."""
+    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                     help="settings file (TOML); see config/")
+    sub.add_argument("--thresholds", type=Path, default=argparse.SUPPRESS,
+                     help="classifier thresholds file")
 
 
 def _is_loopback_url(url: str) -> bool:
@@ -211,9 +222,9 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     if args.api_port is not None and not 0 < args.api_port < 65536:
         raise ConfigError("--api-port must be 1-65535")
     log_file = args.log_file or settings.agent.log_file or None
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     path = Path(log_file) if log_file else jsonlog.default_log_path(
-        scope="system" if os.geteuid() == 0 and os.environ.get("LOGS_DIRECTORY") is None
-        else "user")
+        scope="system" if is_root else "user")
     if os.environ.get("LOGS_DIRECTORY") and not log_file:
         path = Path(os.environ["LOGS_DIRECTORY"].split(":")[0]) / "netprobe.log"
     for handler in logging.getLogger().handlers:  # stderr: warnings only, the file has all
@@ -221,7 +232,8 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     jsonlog.setup_json_logging(path, max_bytes=settings.agent.log_max_bytes,
                                backup_count=settings.agent.log_backups,
                                log_addresses=settings.privacy.log_addresses)
-    agent = Agent(settings, args.config, {"server": args.server, "api_port": args.api_port})
+    agent = Agent(settings, args.config, {"server": args.server, "api_port": args.api_port},
+                  thresholds_path=args.thresholds)
     try:
         return asyncio.run(agent.run())
     finally:

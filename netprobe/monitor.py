@@ -29,8 +29,9 @@ from .measure import JitterEstimator, SequenceTracker, percentile
 from .metrics import DirectionMetrics, LinkMetrics
 from .wire import Echo
 
-#: Fewest echoes in a window for it to say anything.
-MIN_WINDOW_SAMPLES = 10
+#: Fewest echoes in a window for it to say anything (a very lossy link returns few: their
+#: sequence gaps still tell the loss).
+MIN_WINDOW_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,10 @@ class Hysteresis:
             self._worse_count = 0
             self._better_since = None
             return None, False
+        if self.current.verdict == UNKNOWN and verdict.verdict == VIDEO:
+            # from "we do not know" to video only through a confirming capacity check
+            self._worse_count = 0
+            return None, True
         if rank > cur or self.current.verdict == UNKNOWN:
             self._better_since = None
             self._worse_count += 1
