@@ -179,7 +179,9 @@ class Agent:
             logger.info("check started", extra={"event": "check_started", "kind": kind})
             result = await run_check(self.settings.agent.server, self._check_settings(light))
             v = result.verdict
-            self.last_check = result
+            m = result.metrics
+            if m.connected and m.up.kbps is not None and m.down.kbps is not None:
+                self.last_check = result  # what the windows take the capacity from
             self.checks_total[v.verdict] = self.checks_total.get(v.verdict, 0) + 1
             doc = result.to_json()
             logger.info("check finished: %s", v.verdict, extra={
@@ -187,8 +189,12 @@ class Agent:
                 "confidence": v.confidence, "reasons": _reason_codes(v),
                 "metrics": doc["metrics"], "duration_s": doc["duration_s"]})
             reachable = result.metrics.connected
-            self._reflector_state(reachable, None if reachable else v.reasons[0].code)
-            if apply:
+            busy = not reachable and v.reasons[0].code == "server_busy"
+            if not busy:  # a busy reflector answered: it is not "unreachable"
+                self._reflector_state(reachable, None if reachable else v.reasons[0].code)
+            # A check that could not reach the reflector says nothing new about a session
+            # the windows are watching: it must not override them.
+            if apply and (reachable or self.state != "monitoring"):
                 verdict = passive_verdict(v, interface_up=self.passive.interface_up,
                                           cpu_percent=self.passive.cpu_percent,
                                           cpu_limit=self.settings.agent.cpu_limit_pct)
@@ -275,7 +281,7 @@ class Agent:
         return True
 
     def _capacity(self) -> tuple[DirectionMetrics, DirectionMetrics] | None:
-        if self.last_check is None or not self.last_check.metrics.connected:
+        if self.last_check is None:
             return None
         m = self.last_check.metrics
         return m.up, m.down
@@ -283,7 +289,7 @@ class Agent:
     async def _monitor(self) -> None:
         a = self.settings.agent
         hysteresis = Hysteresis(HysteresisSettings(a.step_down_after, a.step_up_after_s))
-        if self.last_check is None or self.updated_at is None or \
+        if self._capacity() is None or self.updated_at is None or \
                 self.clock() - self.updated_at > 60 or self.reflector != "ok":
             await self.check("session")
         hysteresis.reset(self.recommendation)

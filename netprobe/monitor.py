@@ -145,6 +145,7 @@ class Hysteresis:
         rank, cur = VERDICTS.index(verdict.verdict), VERDICTS.index(self.current.verdict)
         if verdict.verdict == UNKNOWN:
             self._worse_count = 0
+            self._worse_verdict = None
             self._better_since = None
             return None, False
         if self.current.verdict == UNKNOWN and verdict.verdict == VIDEO:
