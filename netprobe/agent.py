@@ -91,6 +91,8 @@ class Agent:
                                            if v is not None})
         if not agent.server:
             raise ConfigError("no reflector URL: give --server URL or [agent] server = ...")
+        if not agent.server.startswith(("http://", "https://")):
+            raise ConfigError(f"--server: {agent.server!r} must be an http:// or https:// URL")
         return replace(settings, agent=agent)
 
     def reload(self) -> None:

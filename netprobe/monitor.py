@@ -25,7 +25,7 @@ from .classify import (
     classify,
 )
 from .emodel import estimate_audio_quality
-from .measure import JitterEstimator, SequenceTracker, percentile
+from .measure import JitterEstimator, percentile
 from .metrics import DirectionMetrics, LinkMetrics
 from .wire import Echo
 
@@ -52,18 +52,19 @@ class ProbeWindow:
     def __init__(self, span: float = 5.0) -> None:
         self.span = span
         self._samples: deque[_Sample] = deque()
-        self._seen = SequenceTracker()
+        self._seqs: set[int] = set()  # echo numbers in the window (duplicates are dropped)
         self._jitter = JitterEstimator()
         self.last_echo_at: float | None = None
 
     def on_echo(self, echo: Echo, now: float) -> None:
-        if not self._seen.add(echo.seq):
+        if echo.seq in self._seqs:
             return
         self._jitter.update(echo.sent_at, now)
         self.last_echo_at = now
         rtt = now - echo.probe_sent_at - max(0.0, echo.hold)
         if rtt < 0:
             return
+        self._seqs.add(echo.seq)
         self._samples.append(_Sample(
             now, echo.seq, rtt, echo.up_probes_highest,
             echo.up_probes_highest + 1 - echo.up_probes_received, echo.up_jitter,
@@ -72,7 +73,7 @@ class ProbeWindow:
 
     def _trim(self, now: float) -> None:
         while self._samples and self._samples[0].at < now - self.span:
-            self._samples.popleft()
+            self._seqs.discard(self._samples.popleft().seq)
 
     def metrics(self, now: float, capacity: tuple[DirectionMetrics, DirectionMetrics] | None
                 ) -> LinkMetrics | None:
@@ -106,6 +107,7 @@ class ProbeWindow:
     def clear(self) -> None:
         """Forget the samples so far (e.g. after our own check loaded the link)."""
         self._samples.clear()
+        self._seqs.clear()
 
     def silent_for(self, now: float) -> float:
         """Seconds since the last echo arrived (inf if none ever did)."""
