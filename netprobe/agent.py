@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: The light check run while idle: enough rungs to tell video from audio, a shorter cap.
 LIGHT_LADDER = (300, 800, 1600)
 LIGHT_CAP_S = 10.0
+#: The longer window that must agree before a session is sent to the phone (x window_s).
+LONG_WINDOW_FACTOR = 3
 #: No echo for this long during a session: the reflector is gone.
 SILENCE_S = 5.0
 
@@ -297,7 +299,7 @@ class Agent:
         hysteresis.reset(self.recommendation)
         self._hysteresis = hysteresis
         while True:
-            window = ProbeWindow(a.window_s)
+            window = ProbeWindow(a.window_s * LONG_WINDOW_FACTOR)
             self._window = window
             link = MonitorLink(a.server, self.settings, a.monitor_probe_interval_ms / 1000,
                                window.on_echo)
@@ -330,8 +332,10 @@ class Agent:
     async def _monitor_tick(self, window: ProbeWindow, hysteresis: Hysteresis,
                             now: float) -> None:
         a = self.settings.agent
-        metrics = window.metrics(now, self._capacity())
-        verdict = passive_verdict(window_verdict(metrics, self.settings.thresholds),
+        capacity = self._capacity()
+        metrics = window.metrics(now, capacity, a.window_s)
+        longer = window.metrics(now, capacity)
+        verdict = passive_verdict(window_verdict(metrics, self.settings.thresholds, longer),
                                   interface_up=self.passive.interface_up,
                                   cpu_percent=self.passive.cpu_percent,
                                   cpu_limit=a.cpu_limit_pct)

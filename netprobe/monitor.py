@@ -75,14 +75,17 @@ class ProbeWindow:
         while self._samples and self._samples[0].at < now - self.span:
             self._seqs.discard(self._samples.popleft().seq)
 
-    def metrics(self, now: float, capacity: tuple[DirectionMetrics, DirectionMetrics] | None
-                ) -> LinkMetrics | None:
-        """Figures over the window (None if too few echoes). Throughput cannot be measured
-        by a gentle probe stream: it comes from the last capacity check (`capacity`)."""
+    def metrics(self, now: float, capacity: tuple[DirectionMetrics, DirectionMetrics] | None,
+                span: float | None = None) -> LinkMetrics | None:
+        """Figures over the last `span` seconds (default: the whole window; None if too few
+        echoes). Throughput cannot be measured by a gentle probe stream: it comes from the
+        last capacity check (`capacity`)."""
         self._trim(now)
-        if len(self._samples) < MIN_WINDOW_SAMPLES:
+        since = now - (self.span if span is None else span)
+        recent = [s for s in self._samples if s.at >= since]
+        if len(recent) < MIN_WINDOW_SAMPLES:
             return None
-        ordered = sorted(self._samples, key=lambda s: s.seq)
+        ordered = sorted(recent, key=lambda s: s.seq)
         first, last = ordered[0], ordered[-1]
         down_expected = last.seq - first.seq
         down_lost = down_expected - (len(ordered) - 1)
@@ -207,7 +210,20 @@ def passive_verdict(base: Verdict, *, interface_up: bool, cpu_percent: float | N
     return base
 
 
-def window_verdict(metrics: LinkMetrics | None, thresholds: Thresholds) -> Verdict:
+def window_verdict(metrics: LinkMetrics | None, thresholds: Thresholds,
+                   longer: LinkMetrics | None = None) -> Verdict:
+    """The verdict of a window. `phone` is the strongest advice, and a few seconds of probes
+    are noisy (8 % loss reads as 12 % often enough): it must be confirmed by the `longer`
+    window too, else the verdict stays at audio only."""
     if metrics is None:
         return Verdict(UNKNOWN, 0.0, ())
-    return classify(metrics, thresholds)
+    verdict = classify(metrics, thresholds)
+    if verdict.verdict != PHONE or longer is None:
+        return verdict
+    sustained = classify(longer, thresholds)
+    if sustained.verdict == PHONE:
+        return verdict
+    if sustained.verdict == AUDIO_ONLY:
+        return sustained
+    reasons = tuple(r for r in verdict.reasons if r.code != "audio_quality_too_low")
+    return Verdict(AUDIO_ONLY, 0.5, reasons or verdict.reasons)
