@@ -188,6 +188,26 @@ if __name__ == "__main__":
 '''
 
 
+# -- which code is measured -------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """The commit of the netprobe package measured (`+dirty` with uncommitted changes in
+    netprobe/): each agent process imports the code as it is when the process starts."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "netprobe"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 # -- measuring a process -----------------------------------------------------------------------
 
 
@@ -260,6 +280,8 @@ class Rig:
         """The agent's exit status after SIGTERM (set when the rig closes)."""
         self.stderr_text = ""
         """What the agent wrote to stderr (set when the rig closes)."""
+        self.version = code_version()
+        """The netprobe code the agent was started from."""
 
     @property
     def pid(self) -> int:
@@ -612,6 +634,8 @@ class ReactionResult:
     agent_exit: int | None = None
     """The agent's exit status after SIGTERM."""
     agent_stderr: str = ""
+    version: str = ""
+    """The netprobe code the agent ran (`code_version`)."""
 
     @property
     def ok(self) -> bool:
@@ -628,7 +652,8 @@ class ReactionResult:
     def line(self) -> str:
         def f(v: float | None) -> str:
             return "  -  " if v is None else f"{v:5.1f}"
-        return (f"session at {self.session_at:5.1f} s; audio_only after {f(self.down_s)} s, "
+        return (f"[{self.version}] session at {self.session_at:5.1f} s; audio_only after "
+                f"{f(self.down_s)} s, "
                 f"video after {f(self.up_s)} s; changes down {self.n_down}, up {self.n_up}"
                 + ("" if self.ok else "  <- " + "; ".join(self.problems)))
 
@@ -680,7 +705,8 @@ async def reaction_run(profile_name: str = REACTION_PROFILE, *, tail_s: float = 
                            _parse_ts(e["ts"]) - wall_minus_mono - epoch, str(e.get("verdict"))))
             started = None
     res = ReactionResult(degrade, recover, session_at, session_changes, log_changes,
-                         checks=checks, agent_exit=r.exit_code, agent_stderr=r.stderr_text)
+                         checks=checks, agent_exit=r.exit_code, agent_stderr=r.stderr_text,
+                         version=r.version)
     res.n_down = sum(1 for c in session_changes if c.down)
     res.n_up = sum(1 for c in session_changes if not c.down)
     first_down = next((c for c in session_changes if c.at >= degrade), None)
@@ -742,6 +768,9 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"bench_agent: {reason}", file=sys.stderr)
         return 3
     summary: list[tuple[str, str, str, bool | None]] = []
+    started_version = code_version()
+    print(f"netprobe code measured: {started_version} (each section names the code its agent "
+          f"started from)", flush=True)
 
     if "reaction" in only:
         profile = load_profile(args.profile)
@@ -783,7 +812,8 @@ async def main(argv: list[str] | None = None) -> int:
     if only & {"monitor", "status"}:
         what = [f"{args.monitor_seconds:g} s measured"] if "monitor" in only else []
         what += [f"{args.status_requests} status reads"] if "status" in only else []
-        print(f"== monitoring a session (clean link): {', '.join(what)}", flush=True)
+        print(f"== monitoring a session (clean link): {', '.join(what)} [{code_version()}]",
+              flush=True)
         mon, st = await bench_monitor(args.monitor_seconds, args.status_requests,
                                       do_monitor="monitor" in only, do_status="status" in only)
         if "monitor" in only:
@@ -815,7 +845,7 @@ async def main(argv: list[str] | None = None) -> int:
 
     if "idle" in only:
         print(f"== idle: {args.idle_minutes:g} min, default idle interval "
-              f"({DEFAULT_IDLE_INTERVAL_S:g} s ±20 %)", flush=True)
+              f"({DEFAULT_IDLE_INTERVAL_S:g} s ±20 %) [{code_version()}]", flush=True)
         idle = await bench_idle(args.idle_minutes)
         checks = ", ".join(f"{s:.0f}-{e:.0f} s ({v})" for s, e, v in idle.checks) or "none"
         print(f"  {idle.seconds:.0f} s: {idle.cpu_s:.2f} CPU-s = {idle.cpu_pct:.3f} % of a core "
@@ -835,7 +865,10 @@ async def main(argv: list[str] | None = None) -> int:
              max(idle.rss_max_mb, idle.rss_peak_mb or 0) <= TARGETS["idle_rss_mb"]),
         ]
 
-    print("\n== summary (issue 4, figures to reach)")
+    ended_version = code_version()
+    print(f"\n== summary (issue 4, figures to reach), netprobe {started_version}"
+          + (f" -> {ended_version}: THE CODE CHANGED DURING THE RUN"
+             if ended_version != started_version else ""))
     width = max(len(s[0]) for s in summary) if summary else 0
     for what, got, target, ok in summary:
         print(f"  {what:<{width}}  {got:<34} target {target:<16} {_verdict(ok)}")
