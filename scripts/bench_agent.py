@@ -192,14 +192,15 @@ if __name__ == "__main__":
 
 
 def code_version() -> str:
-    """The commit of the netprobe package measured (`+dirty` with uncommitted changes in
-    netprobe/): each agent process imports the code as it is when the process starts."""
+    """The last commit that changed the netprobe package (`+dirty` with uncommitted changes
+    in netprobe/): each agent process imports the code as it is when the process starts."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h", "--",
+                               "netprobe"], capture_output=True, text=True,
+                              check=True).stdout.strip() or "unknown"
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
                                 "netprobe"], capture_output=True, text=True,
                                check=True).stdout.strip()
