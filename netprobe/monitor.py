@@ -135,6 +135,7 @@ class Hysteresis:
     _worse_count: int = 0
     _worse_verdict: Verdict | None = None
     _better_since: float | None = None
+    _better_verdict: str | None = None
 
     def reset(self, verdict: Verdict) -> None:
         """Take `verdict` as the recommendation (from a full check)."""
@@ -173,8 +174,10 @@ class Hysteresis:
         self._worse_count = 0
         self._worse_verdict = None
         if rank < cur:
-            if self._better_since is None:
+            # the clock runs for one better verdict: a change of it starts the wait afresh
+            if self._better_since is None or verdict.verdict != self._better_verdict:
                 self._better_since = now
+                self._better_verdict = verdict.verdict
             if now - self._better_since >= self.settings.step_up_after_s:
                 return None, True
             return None, False

@@ -773,98 +773,106 @@ async def main(argv: list[str] | None = None) -> int:
     print(f"netprobe code measured: {started_version} (each section names the code its agent "
           f"started from)", flush=True)
 
-    if "reaction" in only:
-        profile = load_profile(args.profile)
-        degrade, recover = phase_times(profile)
-        print(f"== reaction: profile {profile.name!r} (degraded {degrade:g}-{recover:g} s of "
-              f"the lab), {args.runs} run(s)", flush=True)
-        results: list[ReactionResult] = []
-        for i in range(args.runs):
-            try:
-                res = await reaction_run(args.profile)
-            except RuntimeError as exc:
-                print(f"  run {i + 1}: FAILED TO RUN: {exc}", flush=True)
-                continue
-            results.append(res)
-            print(f"  run {i + 1}: {res.report()}", flush=True)
-        downs = [r.down_s for r in results if r.down_s is not None]
-        ups = [r.up_s for r in results if r.up_s is not None]
+    async def sections() -> None:
+        if "reaction" in only:
+            profile = load_profile(args.profile)
+            degrade, recover = phase_times(profile)
+            print(f"== reaction: profile {profile.name!r} (degraded {degrade:g}-{recover:g} s of "
+                  f"the lab), {args.runs} run(s)", flush=True)
+            results: list[ReactionResult] = []
+            for i in range(args.runs):
+                try:
+                    res = await reaction_run(args.profile)
+                except RuntimeError as exc:
+                    print(f"  run {i + 1}: FAILED TO RUN: {exc}", flush=True)
+                    continue
+                results.append(res)
+                print(f"  run {i + 1}: {res.report()}", flush=True)
+            downs = [r.down_s for r in results if r.down_s is not None]
+            ups = [r.up_s for r in results if r.up_s is not None]
 
-        def spread(xs: list[float]) -> str:
-            if not xs:
-                return "-"
-            return f"{max(xs):.1f} s ({statistics.median(xs):.1f} s)"
+            def spread(xs: list[float]) -> str:
+                if not xs:
+                    return "-"
+                return f"{max(xs):.1f} s ({statistics.median(xs):.1f} s)"
 
-        exact = sum(1 for r in results if (r.n_down, r.n_up) == (1, 1))
-        n = len(results)
-        summary += [
-            ("reaction: to audio_only after degradation, max (median)",
-             f"{spread(downs)}, {len(downs)}/{args.runs} runs", "<= 10 s",
-             bool(downs) and len(downs) == args.runs and max(downs) <= TARGETS["down_s"]),
-            ("reaction: back to video after recovery, max (median)",
-             f"{spread(ups)}, {len(ups)}/{args.runs} runs", "<= 60 s",
-             bool(ups) and len(ups) == args.runs and max(ups) <= TARGETS["up_s"]),
-            ("reaction: runs with exactly one change each way",
-             f"{exact}/{args.runs} (changes down/up per run: "
-             f"{' '.join(f'{r.n_down}/{r.n_up}' for r in results)})", "all",
-             exact == args.runs and n == args.runs),
-        ]
+            exact = sum(1 for r in results if (r.n_down, r.n_up) == (1, 1))
+            n = len(results)
+            summary.extend([
+                ("reaction: to audio_only after degradation, max (median)",
+                 f"{spread(downs)}, {len(downs)}/{args.runs} runs", "<= 10 s",
+                 bool(downs) and len(downs) == args.runs and max(downs) <= TARGETS["down_s"]),
+                ("reaction: back to video after recovery, max (median)",
+                 f"{spread(ups)}, {len(ups)}/{args.runs} runs", "<= 60 s",
+                 bool(ups) and len(ups) == args.runs and max(ups) <= TARGETS["up_s"]),
+                ("reaction: runs with exactly one change each way",
+                 f"{exact}/{args.runs} (changes down/up per run: "
+                 f"{' '.join(f'{r.n_down}/{r.n_up}' for r in results)})", "all",
+                 exact == args.runs and n == args.runs),
+            ])
 
-    if only & {"monitor", "status"}:
-        what = [f"{args.monitor_seconds:g} s measured"] if "monitor" in only else []
-        what += [f"{args.status_requests} status reads"] if "status" in only else []
-        print(f"== monitoring a session (clean link): {', '.join(what)} [{code_version()}]",
-              flush=True)
-        mon, st = await bench_monitor(args.monitor_seconds, args.status_requests,
-                                      do_monitor="monitor" in only, do_status="status" in only)
-        if "monitor" in only:
-            print(f"  {mon.seconds:.0f} s monitored ({mon.recommendation}): agent CPU "
-                  f"{mon.cpu_pct:.2f} % of a core, RSS {mon.rss_mb:.1f} MB; link up "
-                  f"{mon.up_kbps:.1f} kbit/s ({mon.up_pps:.1f} packets/s), down "
-                  f"{mon.down_kbps:.1f} kbit/s ({mon.down_pps:.1f} packets/s); checks in the "
-                  f"window: {mon.checks_in_window}", flush=True)
-            summary += [
-                ("monitoring: agent CPU, % of one core", f"{mon.cpu_pct:.2f} %", "<= 3 %",
-                 mon.cpu_pct <= TARGETS["monitor_cpu_pct"]),
-                ("monitoring: traffic up (client -> reflector), IP bytes",
-                 f"{mon.up_kbps:.1f} kbit/s", "<= 64 kbit/s",
-                 mon.up_kbps <= TARGETS["monitor_kbps"]),
-                ("monitoring: traffic down (reflector -> client), IP bytes",
-                 f"{mon.down_kbps:.1f} kbit/s", "<= 64 kbit/s",
-                 mon.down_kbps <= TARGETS["monitor_kbps"]),
-            ]
-        if "status" in only:
-            print(f"  GET /v1/status x{st.n} (keep-alive, every 20 ms, while monitoring): "
-                  f"median {st.median_ms:.2f} ms, p95 {st.p95_ms:.2f} ms, max "
-                  f"{st.max_ms:.2f} ms; new connection each: median {st.fresh_median_ms:.2f} "
-                  f"ms, p95 {st.fresh_p95_ms:.2f} ms; bad answers {st.bad}", flush=True)
-            summary += [
-                ("status read while monitoring: median (p95)",
-                 f"{st.median_ms:.2f} ms ({st.p95_ms:.2f} ms)", "<= 5 ms median",
-                 st.median_ms <= TARGETS["status_median_ms"] and st.bad == 0),
-            ]
+        if only & {"monitor", "status"}:
+            what = [f"{args.monitor_seconds:g} s measured"] if "monitor" in only else []
+            what += [f"{args.status_requests} status reads"] if "status" in only else []
+            print(f"== monitoring a session (clean link): {', '.join(what)} [{code_version()}]",
+                  flush=True)
+            mon, st = await bench_monitor(args.monitor_seconds, args.status_requests,
+                                          do_monitor="monitor" in only, do_status="status" in only)
+            if "monitor" in only:
+                print(f"  {mon.seconds:.0f} s monitored ({mon.recommendation}): agent CPU "
+                      f"{mon.cpu_pct:.2f} % of a core, RSS {mon.rss_mb:.1f} MB; link up "
+                      f"{mon.up_kbps:.1f} kbit/s ({mon.up_pps:.1f} packets/s), down "
+                      f"{mon.down_kbps:.1f} kbit/s ({mon.down_pps:.1f} packets/s); checks in the "
+                      f"window: {mon.checks_in_window}", flush=True)
+                summary.extend([
+                    ("monitoring: agent CPU, % of one core", f"{mon.cpu_pct:.2f} %", "<= 3 %",
+                     mon.cpu_pct <= TARGETS["monitor_cpu_pct"]),
+                    ("monitoring: traffic up (client -> reflector), IP bytes",
+                     f"{mon.up_kbps:.1f} kbit/s", "<= 64 kbit/s",
+                     mon.up_kbps <= TARGETS["monitor_kbps"]),
+                    ("monitoring: traffic down (reflector -> client), IP bytes",
+                     f"{mon.down_kbps:.1f} kbit/s", "<= 64 kbit/s",
+                     mon.down_kbps <= TARGETS["monitor_kbps"]),
+                ])
+            if "status" in only:
+                print(f"  GET /v1/status x{st.n} (keep-alive, every 20 ms, while monitoring): "
+                      f"median {st.median_ms:.2f} ms, p95 {st.p95_ms:.2f} ms, max "
+                      f"{st.max_ms:.2f} ms; new connection each: median {st.fresh_median_ms:.2f} "
+                      f"ms, p95 {st.fresh_p95_ms:.2f} ms; bad answers {st.bad}", flush=True)
+                summary.extend([
+                    ("status read while monitoring: median (p95)",
+                     f"{st.median_ms:.2f} ms ({st.p95_ms:.2f} ms)", "<= 5 ms median",
+                     st.median_ms <= TARGETS["status_median_ms"] and st.bad == 0),
+                ])
 
-    if "idle" in only:
-        print(f"== idle: {args.idle_minutes:g} min, default idle interval "
-              f"({DEFAULT_IDLE_INTERVAL_S:g} s ±20 %) [{code_version()}]", flush=True)
-        idle = await bench_idle(args.idle_minutes)
-        checks = ", ".join(f"{s:.0f}-{e:.0f} s ({v})" for s, e, v in idle.checks) or "none"
-        print(f"  {idle.seconds:.0f} s: {idle.cpu_s:.2f} CPU-s = {idle.cpu_pct:.3f} % of a core "
-              f"(checks in the window: {checks}); {idle.check_cpu_s:.2f} CPU-s per light "
-              f"check, {idle.between_cpu_pct:.3f} % between checks; long-run average at one "
-              f"check per {DEFAULT_IDLE_INTERVAL_S:g} s: {idle.projected_pct:.3f} %; RSS max "
-              f"{idle.rss_max_mb:.1f} MB (sampled each second), VmHWM "
-              f"{_fmt(idle.rss_peak_mb)} MB, USS at the end {_fmt(idle.uss_mb)} MB", flush=True)
-        summary += [
-            (f"idle: CPU over {args.idle_minutes:g} min (start-up check included)",
-             f"{idle.cpu_pct:.3f} %", "<= 0.5 %", idle.cpu_pct <= TARGETS["idle_cpu_pct"]),
-            ("idle: CPU between checks / long-run with one check per 600 s",
-             f"{idle.between_cpu_pct:.3f} % / {idle.projected_pct:.3f} %", "<= 0.5 %",
-             idle.projected_pct <= TARGETS["idle_cpu_pct"]),
-            ("idle: max RSS (peak VmHWM)",
-             f"{idle.rss_max_mb:.1f} MB ({_fmt(idle.rss_peak_mb)} MB)", "<= 80 MB",
-             max(idle.rss_max_mb, idle.rss_peak_mb or 0) <= TARGETS["idle_rss_mb"]),
-        ]
+        if "idle" in only:
+            print(f"== idle: {args.idle_minutes:g} min, default idle interval "
+                  f"({DEFAULT_IDLE_INTERVAL_S:g} s ±20 %) [{code_version()}]", flush=True)
+            idle = await bench_idle(args.idle_minutes)
+            checks = ", ".join(f"{s:.0f}-{e:.0f} s ({v})" for s, e, v in idle.checks) or "none"
+            print(f"  {idle.seconds:.0f} s: {idle.cpu_s:.2f} CPU-s = {idle.cpu_pct:.3f} % of a "
+                  f"core (checks in the window: {checks}); {idle.check_cpu_s:.2f} CPU-s per light "
+                  f"check, {idle.between_cpu_pct:.3f} % between checks; long-run average at one "
+                  f"check per {DEFAULT_IDLE_INTERVAL_S:g} s: {idle.projected_pct:.3f} %; RSS max "
+                  f"{idle.rss_max_mb:.1f} MB (sampled each second), VmHWM "
+                  f"{_fmt(idle.rss_peak_mb)} MB, USS at the end {_fmt(idle.uss_mb)} MB", flush=True)
+            summary.extend([
+                (f"idle: CPU over {args.idle_minutes:g} min (start-up check included)",
+                 f"{idle.cpu_pct:.3f} %", "<= 0.5 %", idle.cpu_pct <= TARGETS["idle_cpu_pct"]),
+                ("idle: CPU between checks / long-run with one check per 600 s",
+                 f"{idle.between_cpu_pct:.3f} % / {idle.projected_pct:.3f} %", "<= 0.5 %",
+                 idle.projected_pct <= TARGETS["idle_cpu_pct"]),
+                ("idle: max RSS (peak VmHWM)",
+                 f"{idle.rss_max_mb:.1f} MB ({_fmt(idle.rss_peak_mb)} MB)", "<= 80 MB",
+                 max(idle.rss_max_mb, idle.rss_peak_mb or 0) <= TARGETS["idle_rss_mb"]),
+            ])
+
+    interrupted = False
+    try:
+        await sections()
+    except asyncio.CancelledError:  # SIGTERM (the lab turns it into cancellation) or Ctrl-C
+        interrupted = True
+        print("\nbench_agent: interrupted; the figures so far follow", flush=True)
 
     ended_version = code_version()
     print(f"\n== summary (issue 4, figures to reach), netprobe {started_version}"
@@ -873,7 +881,7 @@ async def main(argv: list[str] | None = None) -> int:
     width = max(len(s[0]) for s in summary) if summary else 0
     for what, got, target, ok in summary:
         print(f"  {what:<{width}}  {got:<34} target {target:<16} {_verdict(ok)}")
-    return 0
+    return 143 if interrupted else 0
 
 
 if __name__ == "__main__":
