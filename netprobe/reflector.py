@@ -21,6 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from .config import ReflectorSettings
 from .errors import ProtocolError
+from .measure import LOAD_OVERHEAD_BYTES
 from .responder import Responder
 from .rtc import Pacer, PacketTrack, create_peer_connection, install_tap
 from .wire import (
@@ -80,7 +81,7 @@ class ReflectorSession:
         if request is None:
             return None
         size = max(request.payload_size, 64)
-        interval = (size + 66) * 8 / (request.rate_kbps * 1000)
+        interval = (size + LOAD_OVERHEAD_BYTES) * 8 / (request.rate_kbps * 1000)
 
         def factory() -> bytes:
             return encode_load(self.responder.next_down_load(request, time.monotonic()), size)
