@@ -6,6 +6,9 @@ the reflector and reads the machine's own signals (psutil), feeds rolling window
 classifier as `check`, and changes its recommendation with hysteresis (`monitor.py`). Changes
 go to the local API (`agent_api.py`: status, server-sent events, Prometheus metrics) and to
 the JSON log (`docs/log-format.md`).
+
+Checks and the monitoring stream run in child processes (`worker.py`): this process never
+loads the WebRTC stack, so an idle agent stays small.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .errors import ConfigError, NetprobeError
 from .metrics import DirectionMetrics, LinkMetrics
 from .monitor import Hysteresis, HysteresisSettings, ProbeWindow, passive_verdict, window_verdict
 from .passive import PassiveSampler, PassiveState
-from .probe import CheckResult, MonitorLink, run_check
+from .result import CheckResult
+from .worker import IsolatedMonitorLink, run_check_isolated
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +185,8 @@ class Agent:
         """Run a check now (one at a time) and, with `apply`, take its verdict."""
         async with self._check_lock:
             logger.info("check started", extra={"event": "check_started", "kind": kind})
-            result = await run_check(self.settings.agent.server, self._check_settings(light))
+            result = await run_check_isolated(self.settings.agent.server,
+                                              self._check_settings(light))
             v = result.verdict
             m = result.metrics
             if m.connected and m.up.kbps is not None and m.down.kbps is not None:
@@ -301,8 +306,8 @@ class Agent:
         while True:
             window = ProbeWindow(a.window_s * LONG_WINDOW_FACTOR)
             self._window = window
-            link = MonitorLink(a.server, self.settings, a.monitor_probe_interval_ms / 1000,
-                               window.on_echo)
+            link = IsolatedMonitorLink(a.server, self.settings,
+                                       a.monitor_probe_interval_ms / 1000, window.on_echo)
             try:
                 await link.connect(min(10.0, self.settings.probe.connect_timeout_s))
             except (NetprobeError, TimeoutError) as exc:

@@ -212,7 +212,12 @@ class AgentApi:
         if self.agent._check_lock.locked():
             return _error(409, "check_running", "a check is already running; read "
                           "/v1/status when it is done")
-        result = await self.agent.check("manual")
+        try:
+            result = await self.agent.check("manual")
+        except NetprobeError as exc:
+            logger.error("check failed: %s", exc, extra={"event": "error", "where": "check",
+                                                          "error": str(exc)})
+            return _error(503, "check_failed", "the check could not run; see the agent's log")
         return web.json_response(result.to_json())
 
     async def get_events(self, request: web.Request) -> web.StreamResponse:

@@ -15,13 +15,11 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from .config import Settings, load_settings
 from .errors import ConfigError, NetprobeError
 
 EXIT_USAGE = 2
-LOOPBACK = ["127.0.0.1"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,16 +89,6 @@ def _late_config(sub: argparse.ArgumentParser) -> None:
                      help="classifier thresholds file")
 
 
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("netprobe: %(levelname)s: %(message)s"))
@@ -135,7 +123,7 @@ class _ProgressLine:
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from .probe import run_check
     from .report import EXIT_CODES, render_text
-    from .rtc import restrict_host_candidates
+    from .rtc import LOOPBACK, is_loopback_url, restrict_host_candidates
 
     if args.max_duration is not None:
         if args.max_duration < 2:
@@ -155,7 +143,7 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
                 return await run_check(reflector.url, settings, local=True, on_progress=show)
             finally:
                 await reflector.stop()
-        if _is_loopback_url(args.server):
+        if is_loopback_url(args.server):
             restrict_host_candidates(LOOPBACK)
         return await run_check(args.server, settings, on_progress=show)
 

@@ -26,6 +26,9 @@ MIN_PAYLOAD = 60
 DRAIN_S = 1.0
 #: After a rung that did not saturate the link, the idle RTT counts again this much later.
 IDLE_MARGIN_S = 0.1
+#: A sender that sent this much less than the rung's rate was held back by its own machine
+#: (a busy CPU), not by the link.
+SENDER_SHORTFALL = 0.05
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,15 @@ class RungResult:
     """Received / sent packets when judged."""
     final: bool = True
     """False if judged on a timeout, without proof that every packet had arrived."""
+    sent_kbps: float | None = None
+    """The rate actually sent, kbit/s of wire bytes: below `rung.rate_kbps` when the sender
+    could not keep up (a busy CPU). None if nothing was sent."""
+
+    @property
+    def sender_limited(self) -> bool:
+        """The sender fell short of the rung's rate by more than `SENDER_SHORTFALL`."""
+        return (self.sent_kbps is not None
+                and self.sent_kbps < (1 - SENDER_SHORTFALL) * self.rung.rate_kbps)
 
 
 class Ladder:
@@ -172,13 +184,16 @@ class Ladder:
             return RungResult(rung, False, None, 0.0, final)
         ratio = min(1.0, obs.received / obs.sent)
         rate = delivered_kbps(obs.received, obs.payload_bytes, obs.first_at, obs.last_at)
+        # The link is judged on what was offered to it: a sender its own busy machine held
+        # back sent fewer packets, and they arrive at that lower rate, not the rung's.
+        sent_kbps = rung.rate_kbps * min(1.0, obs.sent * rung.interval / self.duration)
         keep = 1.0 - min(max(base_loss, 0.0), 0.9)
         passed = (
             rate is not None
             and ratio >= self.pass_ratio * keep
-            and rate >= self.pass_ratio * keep * rung.rate_kbps
+            and rate >= self.pass_ratio * keep * sent_kbps
         )
-        return RungResult(rung, passed, rate, ratio, final)
+        return RungResult(rung, passed, rate, ratio, final, sent_kbps)
 
     def capacity(self) -> tuple[float | None, bool]:
         """(kbit/s, at_least). `at_least` when no judged rung failed: the link carried

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from .classify import UNKNOWN, Reason, Verdict, classify
 from .config import Settings
 from .errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
 from .metrics import LinkMetrics
+from .result import CheckResult
 from .rtc import Pacer, PacketTrack, create_peer_connection, install_tap, prefer_test_codecs
 from .session import ClientSession, Progress
 from .wire import (
@@ -35,40 +35,6 @@ from .wire import (
 )
 
 logger = logging.getLogger(__name__)
-
-SCHEMA = "netprobe.check/1"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    verdict: Verdict
-    metrics: LinkMetrics
-    started_at: datetime
-    duration_s: float
-    stopped_early: bool = False
-    """The verdict was certain before the ladder finished, so the check stopped sooner."""
-    local: bool = False
-    """Measured against a reflector on this machine: the internet link was not tested."""
-    server: str | None = None
-    """The reflector URL, only when privacy.log_addresses is on."""
-    ladder: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Per direction, each rung judged: rate sent, delivered, passed."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "verdict": self.verdict.verdict,
-            "confidence": self.verdict.confidence,
-            "reasons": [r.to_json() for r in self.verdict.reasons],
-            "metrics": self.metrics.to_json(),
-            "duration_s": round(self.duration_s, 2),
-            "started_at": self.started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "stopped_early": self.stopped_early,
-            "local": self.local,
-            "server": self.server,
-            "ladder": self.ladder,
-        }
-
 
 def _failure(reason: Reason, started_at: datetime, t0: float, local: bool,
              server: str | None) -> CheckResult:
@@ -203,8 +169,10 @@ def _attach_taps(pc: Any, session: ClientSession) -> None:
 
 def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
     return [
-        {"rate_kbps": r.rung.rate_kbps, "delivered_kbps": None if r.delivered_kbps is None
-         else round(r.delivered_kbps), "passed": r.passed}
+        {"rate_kbps": r.rung.rate_kbps,
+         "sent_kbps": None if r.sent_kbps is None else round(r.sent_kbps),
+         "delivered_kbps": None if r.delivered_kbps is None else round(r.delivered_kbps),
+         "passed": r.passed}
         for _, r in sorted(ladder.results.items())
     ]
 

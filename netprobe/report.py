@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
 from .metrics import DirectionMetrics
-from .probe import CheckResult
+from .result import CheckResult
 from .session import Progress
 
 VERDICT_LINES = {

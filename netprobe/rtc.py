@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aioice.ice
 import av
@@ -42,6 +44,21 @@ _CODEC = {"audio": "audio/opus", "video": "video/VP8"}
 
 PayloadFactory = Callable[[], bytes]
 PacketHandler = Callable[[bytes, float], None]
+
+
+#: Host candidates for a reflector on this machine.
+LOOPBACK = ["127.0.0.1"]
+
+
+def is_loopback_url(url: str) -> bool:
+    """True if `url` names this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def restrict_host_candidates(addresses: list[str]) -> None:

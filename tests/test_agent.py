@@ -19,7 +19,6 @@ import re
 import signal
 import socket
 import stat
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from procs import CHILD_ENV, NETPROBE, free_port, serve
 
 from netprobe.agent import Agent
 from netprobe.agent_api import AgentApi
@@ -38,17 +38,9 @@ from netprobe.errors import ConfigError
 from netprobe.passive import PassiveState
 from netprobe.reflector import Reflector
 
-NETPROBE = [sys.executable, "-m", "netprobe"]
-CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
 ORIGIN = "https://video.clinic.example"
 STATUS_KEYS = {"schema", "state", "recommendation", "confidence", "reasons", "metrics",
                "updated_at", "age_s", "reflector"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def until(probe: Callable[[], Any], timeout: float, what: str,
@@ -358,17 +350,6 @@ async def test_post_check_runs_one_check_at_a_time(reflector: Reflector,
     assert st["recommendation"] == "video" and st["metrics"]["rtt_ms"] == doc["metrics"]["rtt_ms"]
 
 
-async def serve(port: int, *args: str) -> asyncio.subprocess.Process:
-    """A reflector process (`netprobe serve`) on 127.0.0.1:`port`."""
-    proc = await asyncio.create_subprocess_exec(
-        *NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port), *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=CHILD_ENV)
-    assert proc.stderr is not None
-    line = await asyncio.wait_for(proc.stderr.readline(), 15)
-    assert f"127.0.0.1:{port}" in line.decode(), line
-    return proc
-
-
 async def test_reflector_lost_during_a_session_then_back(
         loopback_ice: None, start_agent: StartAgent, caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
@@ -430,10 +411,10 @@ async def test_idle_checks_back_off_while_the_reflector_is_away(
     assert [f.retry_in_s for f in failures] == [0.25, 0.5, 0.5]  # type: ignore[attr-defined]
     assert {f.error_code for f in failures} == {"server_unreachable"}  # type: ignore[attr-defined]
     assert r.agent._backoff == 0.5  # doubling stops at backoff_max_s
-    # each retry comes when the log line said it would
-    started = [c.created for c in events(caplog, "check_started")[:4]]
-    gaps = [later - earlier for earlier, later in zip(started, started[1:], strict=False)]
-    for failure, gap in zip(failures, gaps, strict=True):
+    # each retry comes when the log line said it would, counted from that line
+    started = [c.created for c in events(caplog, "check_started")[1:4]]
+    for failure, retry_at in zip(failures, started, strict=True):
+        gap = retry_at - failure.created
         assert gap == pytest.approx(failure.retry_in_s, abs=0.15)  # type: ignore[attr-defined]
     assert not r.task.done() and (await r.status())["reflector"] == "unreachable"
 

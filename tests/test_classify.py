@@ -284,8 +284,8 @@ def test_reason_codes_are_known_and_messages_plain() -> None:
 
 
 #: Words that make a reason's advice concrete: something the client can do.
-_ADVICE = re.compile(r"\b(try|close|pause|move closer|moving closer|use a cable|cable|call|phone|wired|check)\b",
-                     re.IGNORECASE)
+_ADVICE = re.compile(r"\b(try|close|pause|move closer|moving closer|use a cable|cable|call|"
+                     r"phone|wired|check)\b", re.IGNORECASE)
 
 
 def test_failure_reasons_for_rates_loss_rtt_jitter_and_quality_suggest_something() -> None:

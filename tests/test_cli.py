@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from procs import CHILD_ENV, NETPROBE, free_port
 
-NETPROBE = [sys.executable, "-m", "netprobe"]
 JSON_KEYS = {"schema", "verdict", "confidence", "reasons", "metrics", "duration_s",
              "started_at"}
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NETPROBE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+                          env=CHILD_ENV)
 
 
 def test_local_check_json_is_one_object_and_exit_0() -> None:
@@ -57,7 +49,7 @@ def test_local_check_text_puts_verdict_first_and_says_it_was_local() -> None:
 
 def test_unreachable_server_exit_12_without_traceback() -> None:
     t0 = time.monotonic()
-    proc = run("check", "--server", f"http://127.0.0.1:{_free_port()}", "--json",
+    proc = run("check", "--server", f"http://127.0.0.1:{free_port()}", "--json",
                "--max-duration", "5")
     assert time.monotonic() - t0 < 15
     assert proc.returncode == 12
@@ -68,7 +60,7 @@ def test_unreachable_server_exit_12_without_traceback() -> None:
 
 
 def test_unreachable_server_text_is_calm() -> None:
-    proc = run("check", "--server", f"http://127.0.0.1:{_free_port()}", "--max-duration", "5")
+    proc = run("check", "--server", f"http://127.0.0.1:{free_port()}", "--max-duration", "5")
     assert proc.returncode == 12
     assert proc.stdout.startswith("Your connection could not be tested.")
     assert "phone" in proc.stdout
@@ -112,7 +104,7 @@ def test_missing_config_file_exit_2(tmp_path: Path) -> None:
 
 
 def test_serve_answers_checks_and_stops_cleanly_on_sigterm() -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -397,7 +397,7 @@ def test_make_ladder_sizes_within_bounds() -> None:
 def test_make_ladder_property(rates: list[int], pps: float) -> None:
     rungs = make_ladder(rates, pps)
     assert len(rungs) == len(rates)
-    for r, rate in zip(rungs, rates):
+    for r, rate in zip(rungs, rates, strict=True):
         assert MIN_PAYLOAD <= r.payload_size <= LOAD_MAX_SIZE
         # the interval reproduces the nominal rate
         assert (r.payload_size + LOAD_OVERHEAD_BYTES) * 8 / r.interval == pytest.approx(rate * 1000)
@@ -716,3 +716,49 @@ def test_loaded_windows_empty_when_the_top_rung_passes() -> None:
     lad.evaluate(0.5, _observer(lad, {0, 1}), 0.0, _always, TIMEOUT)
     lad.evaluate(1.0, _observer(lad, {0, 1}), 0.0, _always, TIMEOUT)
     assert lad.done and lad.loaded_windows() == []
+
+
+def _observed(rung: Rung, sent: int, received: int, span: float) -> RungObservation:
+    return RungObservation(sent, received, received * rung.payload_size, 0.0, span)
+
+
+def test_sender_held_back_by_its_own_machine_is_not_blamed_on_the_link() -> None:
+    # A busy CPU let the sender send only 70 % of the rung, spread over the whole rung; the
+    # link delivered every one of them. The link carried all it was offered: the rung passes,
+    # and what it proves is the rate actually sent, not the rung's.
+    lad = Ladder(make_ladder((1600,)), DURATION)
+    lad.start(0.0)
+    rung = lad.rungs[0]
+    full = round(DURATION / rung.interval)
+    sent = int(full * 0.7)
+    obs = _observed(rung, sent, sent, DURATION - DURATION / sent)
+    r = lad.evaluate(DURATION + 0.1, lambda i: obs, 0.0, _always, TIMEOUT)
+    assert r is not None and r.passed
+    assert r.sender_limited
+    assert r.sent_kbps == pytest.approx(0.7 * 1600, rel=0.02)
+    assert lad.capacity()[0] == pytest.approx(0.7 * 1600, rel=0.05)
+    assert lad.capacity()[1] is True
+
+
+def test_link_slower_than_what_was_sent_still_fails_the_rung() -> None:
+    # The sender sent the full rung, the link delivered it at 70 %: a bottleneck.
+    lad = Ladder(make_ladder((1600,)), DURATION)
+    lad.start(0.0)
+    rung = lad.rungs[0]
+    full = round(DURATION / rung.interval)
+    obs = _observed(rung, full, full, DURATION / 0.7)
+    r = lad.evaluate(DURATION / 0.7 + 0.1, lambda i: obs, 0.0, _always, TIMEOUT)
+    assert r is not None and not r.passed
+    assert not r.sender_limited
+    assert r.delivered_kbps == pytest.approx(0.7 * 1600, rel=0.05)
+
+
+def test_held_back_sender_on_a_slower_link_still_fails() -> None:
+    # 80 % sent, and the link delivered that at only half the rate it was sent.
+    lad = Ladder(make_ladder((1600,)), DURATION)
+    lad.start(0.0)
+    rung = lad.rungs[0]
+    sent = int(round(DURATION / rung.interval) * 0.8)
+    obs = _observed(rung, sent, sent, 2 * DURATION)
+    r = lad.evaluate(2 * DURATION + 0.1, lambda i: obs, 0.0, _always, TIMEOUT)
+    assert r is not None and not r.passed and r.sender_limited

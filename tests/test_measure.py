@@ -104,7 +104,7 @@ def test_jitter_never_exceeds_largest_transit_difference(pairs: list[tuple[float
     for sent, transit in pairs:
         j.update(sent, sent + transit)
     transits = [t for _, t in pairs]
-    biggest = max((abs(x - y) for x, y in zip(transits, transits[1:])), default=0.0)
+    biggest = max((abs(x - y) for x, y in zip(transits, transits[1:], strict=False)), default=0.0)
     assert 0.0 <= j.jitter <= biggest + 1e-9
 
 

@@ -18,19 +18,11 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from netprobe.classify import AUDIO_ONLY, PHONE, VIDEO, classify
-from netprobe.config import ProbeSettings, load_thresholds
-from netprobe.emodel import estimate_audio_quality
-from netprobe.measure import wilson_interval
-from netprobe.metrics import DirectionMetrics, LinkMetrics
-from netprobe.session import PRECISION_RESERVE_S
-
 from simlink import (
     DEADLINE_MARGIN_S,
     TICK_S,
@@ -41,6 +33,13 @@ from simlink import (
     Simulator,
     simulate,
 )
+
+from netprobe.classify import AUDIO_ONLY, PHONE, VIDEO, classify
+from netprobe.config import ProbeSettings, load_thresholds
+from netprobe.emodel import estimate_audio_quality
+from netprobe.measure import wilson_interval
+from netprobe.metrics import DirectionMetrics, LinkMetrics
+from netprobe.session import PRECISION_RESERVE_S
 
 SETTINGS = ProbeSettings()
 THRESHOLDS = load_thresholds()
@@ -113,7 +112,7 @@ HEAVY_LOSS = ["loss 40%", "loss 50%", "loss 60%"]
 LONG_RTT = ["rtt 600ms", "rtt 1100ms", "rtt 1600ms"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def run(name: str, seed: int = 0) -> SimResult | Exception:
     try:
         return simulate(CASES[name].link, seed=seed, settings=SETTINGS, thresholds=THRESHOLDS)
@@ -360,7 +359,7 @@ PRECISION_SEEDS = range(100)
 VERDICT_SWEEP_SEEDS = range(40)
 
 
-@lru_cache(maxsize=None)
+@cache
 def precision_sweep(rate: float) -> tuple[int, int, float, float]:
     """(figures within ±1.5 points of the link's loss rate, figures, sd, mean packets) over
     `PRECISION_SEEDS` x both directions of a 50 Mbit/s link."""
@@ -485,7 +484,7 @@ def test_deterministic_and_clock_independent() -> None:
         assert y.jitter_ms == pytest.approx(x.jitter_ms, abs=0.1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def full_length_check() -> tuple[SimResult, float]:
     """A clean link with 3.6 s rungs (4 x 3.6 s runs into the cap), and its CPU time."""
     slow_ladder = replace(SETTINGS, rung_duration_s=3.6)

@@ -116,4 +116,5 @@ def test_unknown_profile_and_bad_file(tmp_path: Path) -> None:
 def test_exported_members() -> None:
     assert set(netprobe.lab.__all__) == {
         name for name in dir(netprobe.lab) if not name.startswith("_")
-    } - {"cli", "errors", "forwarder", "link", "linklab", "netns", "profiles", "udpmeter", "accuracy"}
+    } - {"cli", "errors", "forwarder", "link", "linklab", "netns", "profiles", "udpmeter",
+         "accuracy"}

@@ -1,0 +1,45 @@
+"""The result of one check: what `run_check` returns, in memory and as JSON
+(`netprobe.check/1`, docs/check-format.md). Free of I/O, so a process that only reads
+results (the agent) need not load the WebRTC stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .classify import Verdict
+from .metrics import LinkMetrics
+
+SCHEMA = "netprobe.check/1"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    verdict: Verdict
+    metrics: LinkMetrics
+    started_at: datetime
+    duration_s: float
+    stopped_early: bool = False
+    """The verdict was certain before the ladder finished, so the check stopped sooner."""
+    local: bool = False
+    """Measured against a reflector on this machine: the internet link was not tested."""
+    server: str | None = None
+    """The reflector URL, only when privacy.log_addresses is on."""
+    ladder: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per direction, each rung judged: rate sent, delivered, passed."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "verdict": self.verdict.verdict,
+            "confidence": self.verdict.confidence,
+            "reasons": [r.to_json() for r in self.verdict.reasons],
+            "metrics": self.metrics.to_json(),
+            "duration_s": round(self.duration_s, 2),
+            "started_at": self.started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "stopped_early": self.stopped_early,
+            "local": self.local,
+            "server": self.server,
+            "ladder": self.ladder,
+        }

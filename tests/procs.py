@@ -1,0 +1,37 @@
+"""netprobe as separate processes, as users run it: the command line and port helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+
+NETPROBE = [sys.executable, "-m", "netprobe"]
+#: A child that leaves a coroutine unawaited fails, as the tests themselves do.
+CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def serve(port: int, *args: str) -> asyncio.subprocess.Process:
+    """A reflector process (`netprobe serve`) on 127.0.0.1:`port`, once it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        *NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=CHILD_ENV)
+    assert proc.stderr is not None
+    line = await asyncio.wait_for(proc.stderr.readline(), 15)
+    assert f"127.0.0.1:{port}" in line.decode(), line
+    return proc
+
+
+async def stop(proc: asyncio.subprocess.Process) -> bytes:
+    """SIGTERM `proc`, wait for it, and return what it wrote to stderr since it started."""
+    if proc.returncode is None:
+        proc.terminate()
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    return err

@@ -1,0 +1,107 @@
+"""Checks and monitoring streams in a child process (`netprobe.worker`), against a real
+reflector: what the agent gets back, and how it copes when the child fails."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from procs import free_port
+
+from netprobe import worker
+from netprobe.config import Settings
+from netprobe.errors import NetprobeError, ServerUnreachable
+from netprobe.reflector import Reflector
+from netprobe.result import CheckResult
+
+
+async def test_check_in_a_child_returns_the_whole_result(reflector: Reflector,
+                                                          settings: Settings) -> None:
+    result = await worker.run_check_isolated(reflector.url, settings)
+    assert isinstance(result, CheckResult)
+    assert result.verdict.verdict == "video", result.to_json()
+    assert result.metrics.connected and result.metrics.rtt_ms is not None
+    assert result.ladder["up"] and result.to_json()["schema"] == "netprobe.check/1"
+
+
+async def test_check_in_a_child_on_an_unreachable_server_is_a_verdict(
+        settings: Settings) -> None:
+    result = await worker.run_check_isolated(f"http://127.0.0.1:{free_port()}", settings)
+    assert result.verdict.verdict == "unknown"
+    assert result.verdict.reasons[0].code == "server_unreachable"
+
+
+async def test_monitor_in_a_child_streams_echoes_then_stops_when_asked(
+        reflector: Reflector, settings: Settings) -> None:
+    echoes: list[tuple[Any, float]] = []
+    link = worker.IsolatedMonitorLink(reflector.url, settings, 0.05,
+                                      lambda echo, now: echoes.append((echo, now)))
+    await link.connect(10)
+    try:
+        await asyncio.sleep(1.5)
+        assert not link.failed.is_set()
+    finally:
+        await link.close()
+    assert link.failed.is_set()
+    assert 15 <= len(echoes) <= 40, len(echoes)  # 20 probes a second
+    seqs = [e.seq for e, _ in echoes]
+    assert seqs == sorted(seqs)
+    # arrival times are this process's monotonic clock: usable by the agent's windows
+    assert all(abs(now - time.monotonic()) < 5 for _, now in echoes)
+    await asyncio.sleep(0.5)
+    assert not reflector.sessions, "the reflector still holds the monitoring session"
+
+
+async def test_monitor_child_that_cannot_connect_raises(settings: Settings) -> None:
+    link = worker.IsolatedMonitorLink(f"http://127.0.0.1:{free_port()}", settings, 0.05,
+                                      lambda echo, now: None)
+    with pytest.raises(ServerUnreachable):
+        await link.connect(5)
+    assert link.failed.is_set()
+
+
+async def test_killed_monitor_child_sets_failed(reflector: Reflector, settings: Settings) -> None:
+    link = worker.IsolatedMonitorLink(reflector.url, settings, 0.05, lambda echo, now: None)
+    await link.connect(10)
+    try:
+        assert link._child is not None
+        link._child._proc.kill()
+        await asyncio.wait_for(link.failed.wait(), 5)
+    finally:
+        await link.close()
+
+
+async def test_child_that_dies_before_answering_is_a_clear_error(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A broken installation: the child's interpreter cannot even import netprobe.
+    monkeypatch.setattr(worker, "_WORKER_ARGS", ("-c", "import sys; sys.exit('no netprobe')"))
+    with pytest.raises(NetprobeError, match="ended without a result.*exit status 1.*no netprobe"):
+        await worker.run_check_isolated("http://127.0.0.1:1", settings)
+
+
+def test_bad_request_gives_exit_2_and_no_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-m", "netprobe.worker"], input=b"\x00\x00\x00\x03abc",
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2
+    assert b"unreadable request" in proc.stderr and b"Traceback" not in proc.stderr
+    assert proc.stdout == b""
+
+
+def test_empty_stdin_exits_quietly() -> None:
+    proc = subprocess.run([sys.executable, "-m", "netprobe.worker"], input=b"",
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b""
+
+
+def test_the_agent_never_loads_the_webrtc_stack() -> None:
+    # What keeps an idle agent small: its own process imports neither aiortc nor PyAV.
+    code = ("import sys, netprobe.cli, netprobe.agent, netprobe.agent_api, netprobe.jsonlog, "
+            "netprobe.passive, netprobe.service; "
+            "print(sorted(m for m in ('aiortc', 'av', 'aioice') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "[]"
