@@ -19,6 +19,7 @@ import logging
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,7 +31,14 @@ from .classify import UNKNOWN, Reason, Verdict
 from .config import Settings, load_settings
 from .errors import ConfigError, NetprobeError
 from .metrics import DirectionMetrics, LinkMetrics
-from .monitor import Hysteresis, HysteresisSettings, ProbeWindow, passive_verdict, window_verdict
+from .monitor import (
+    Hysteresis,
+    HysteresisSettings,
+    ProbeWindow,
+    own_traffic_note,
+    passive_verdict,
+    window_verdict,
+)
 from .passive import PassiveSampler, PassiveState
 from .result import CheckResult
 from .worker import IsolatedMonitorLink, run_check_isolated
@@ -82,11 +90,15 @@ class Agent:
         self._stop = asyncio.Event()
         self._wake_idle = asyncio.Event()
         self._session_task: asyncio.Task[None] | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.Task[bool] | None = None
         self._check_lock = asyncio.Lock()
         self._backoff = self.settings.agent.backoff_min_s
         self.retry_in = self._backoff
         """Wait before the next attempt on an unreachable reflector (as logged)."""
         self._sampler = PassiveSampler()
+        self._traffic: deque[tuple[float | None, float | None]] = deque(maxlen=60)
+        """(tx, rx) kbit/s of the default interface, one per second, newest last."""
         self._window: ProbeWindow | None = None
         self._hysteresis: Hysteresis | None = None
 
@@ -254,6 +266,7 @@ class Agent:
         while True:
             change = self._sampler.sample()
             self.passive = self._sampler.state
+            self._traffic.append((self.passive.tx_kbps, self.passive.rx_kbps))
             if change:
                 logger.info("network changed: %s", change, extra={
                     "event": "network_changed", "change": change,
@@ -269,14 +282,27 @@ class Agent:
         self.state = "monitoring"
         self.session_started_wall = time.time()
         logger.info("session started", extra={"event": "session_started"})
-        self._session_task = asyncio.get_running_loop().create_task(self._monitor())
+        loop = asyncio.get_running_loop()
+        self._session_task = loop.create_task(self._monitor())
+        limit = self.settings.agent.max_session_s
+        if limit > 0:
+            self._session_timer = loop.call_later(limit, self._session_expired)
         self._publish({"type": "state", **self.status()})
         return True
 
-    async def stop_session(self) -> bool:
+    def _session_expired(self) -> None:
+        self._session_timer = None
+        self._expiry = asyncio.get_running_loop().create_task(self.stop_session("max_duration"))
+
+    async def stop_session(self, reason: str = "api") -> bool:
+        """Stop monitoring. `reason`: `api` (the video app asked), `max_duration` (the
+        session outlived `max_session_s`: forgotten), `shutdown` (the agent is stopping)."""
         task, self._session_task = self._session_task, None
         if task is None:
             return False
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -284,10 +310,18 @@ class Agent:
         duration = time.time() - (self.session_started_wall or time.time())
         self.state = "idle"
         self.session_started_wall = None
-        logger.info("session stopped", extra={"event": "session_stopped",
-                                               "duration_s": round(duration, 1)})
+        log = logger.warning if reason == "max_duration" else logger.info
+        log("session stopped (%s)", reason, extra={
+            "event": "session_stopped", "duration_s": round(duration, 1), "reason": reason})
         self._publish({"type": "state", **self.status()})
         return True
+
+    def _own_traffic(self, seconds: float) -> tuple[float | None, float | None]:
+        """This computer's mean (tx, rx) kbit/s over the last `seconds` of samples."""
+        recent = list(self._traffic)[-max(1, int(seconds)):]
+        tx = [t for t, _ in recent if t is not None]
+        rx = [r for _, r in recent if r is not None]
+        return (sum(tx) / len(tx) if tx else None, sum(rx) / len(rx) if rx else None)
 
     def _capacity(self) -> tuple[DirectionMetrics, DirectionMetrics] | None:
         if self.last_check is None:
@@ -344,6 +378,10 @@ class Agent:
                                   interface_up=self.passive.interface_up,
                                   cpu_percent=self.passive.cpu_percent,
                                   cpu_limit=a.cpu_limit_pct)
+        if capacity is not None:
+            tx, rx = self._own_traffic(a.window_s)
+            verdict = own_traffic_note(verdict, tx_kbps=tx, rx_kbps=rx, up=capacity[0],
+                                       down=capacity[1])
         changed, confirm = hysteresis.observe(verdict, now)
         if changed is not None:
             trigger = "passive" if changed.reasons and changed.reasons[0].code in (
@@ -390,7 +428,7 @@ class Agent:
         try:
             await self._stop.wait()
         finally:
-            await self.stop_session()
+            await self.stop_session("shutdown")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

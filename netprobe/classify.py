@@ -86,7 +86,7 @@ class Verdict:
         return VERDICTS.index(self.verdict)
 
 
-def _mbps(kbps: float, digits: int = 2) -> str:
+def format_mbps(kbps: float, digits: int = 2) -> str:
     """Mbit/s with `digits` significant digits (at least one decimal below 10 Mbit/s)."""
     mbps = kbps / 1000
     if mbps >= 10:
@@ -97,7 +97,7 @@ def _mbps(kbps: float, digits: int = 2) -> str:
 def _mbps_pair(measured: float, needed: float) -> tuple[str, str]:
     """Both figures, with just enough digits that a shortfall never reads as equal."""
     for digits in (2, 3, 4):
-        a, b = _mbps(measured, digits), _mbps(needed, 2)
+        a, b = format_mbps(measured, digits), format_mbps(needed, 2)
         if a != b:
             return a, b
     return a, b
@@ -145,8 +145,8 @@ def _rate_check(d: DirectionMetrics, name: str, need: float, purpose: str) -> _C
         # already decided by other figures): not shown to be too slow, just not shown enough.
         return _Check(False, 0.0, incomplete=True, reason=Reason(
             f"{word}_not_tested_for_{purpose.replace(' ', '_')}",
-            f"Your {word} was only tested up to {_mbps(d.kbps)} Mbit/s before the check "
-            f"ended; {purpose} needs {_mbps(need)}. Run the check again to test it fully.",
+            f"Your {word} was only tested up to {format_mbps(d.kbps)} Mbit/s before the check "
+            f"ended; {purpose} needs {format_mbps(need)}. Run the check again to test it fully.",
         ))
     measured, needed = _mbps_pair(d.kbps, need)
     return _Check(False, margin, Reason(
@@ -270,8 +270,8 @@ def _video_notes(m: LinkMetrics, t: VideoThresholds) -> tuple[Reason, ...]:
             word, advice = _DIR_WORDS[name]
             notes.append(Reason(
                 f"{word}_marginal_for_video",
-                f"Your {word} ({_mbps(d.kbps, 2)} Mbit/s) is enough for video but without much "
-                f"room to spare: the picture may be softer. If it stutters, {advice}.",
+                f"Your {word} ({format_mbps(d.kbps, 2)} Mbit/s) is enough for video but "
+                f"without much room to spare: the picture may be softer. If it stutters, {advice}.",
             ))
     losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
     if losses and max(losses) > t.good_loss_pct:

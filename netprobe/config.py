@@ -99,6 +99,8 @@ class AgentSettings:
     """Sustained better windows before a step up is tried (then confirmed by a check)."""
     cpu_limit_pct: float = 90.0
     """Processor use at which video is no longer recommended."""
+    max_session_s: float = 14400.0
+    """A session not stopped after this long was forgotten: monitoring stops (0: never)."""
     backoff_min_s: float = 5.0
     """First wait before retrying an unreachable reflector; doubles up to backoff_max_s."""
     backoff_max_s: float = 300.0
@@ -248,6 +250,8 @@ def _validate(obj: Any, where: str) -> None:
         need(obj.backoff_min_s > 0 and obj.backoff_max_s >= obj.backoff_min_s,
              "backoff_max_s", "must be at least backoff_min_s, which must be above 0")
         need(0 < obj.cpu_limit_pct <= 100, "cpu_limit_pct", "must be 1-100")
+        need(obj.max_session_s == 0 or obj.max_session_s >= 60, "max_session_s",
+             "must be 0 (no limit) or at least 60 seconds")
         for origin in obj.cors_origins:
             need(origin.startswith(("http://", "https://")) and origin.count("/") == 2,
                  "cors_origins", f"{origin!r} is not an origin like https://host[:port]")

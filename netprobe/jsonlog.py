@@ -56,7 +56,7 @@ EVENTS: Final[Mapping[str, tuple[str, ...]]] = {
     "check_finished": ("kind", "verdict", "confidence", "reasons", "metrics", "duration_s"),
     "recommendation_changed": ("from", "to", "reasons", "trigger"),
     "session_started": (),
-    "session_stopped": ("duration_s",),
+    "session_stopped": ("duration_s", "reason"),
     "reflector_unreachable": ("retry_in_s", "error_code"),
     "reflector_recovered": (),
     "network_changed": ("change", "interface"),

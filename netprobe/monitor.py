@@ -23,6 +23,7 @@ from .classify import (
     Thresholds,
     Verdict,
     classify,
+    format_mbps,
 )
 from .emodel import estimate_audio_quality
 from .measure import JitterEstimator, percentile
@@ -211,6 +212,43 @@ def passive_verdict(base: Verdict, *, interface_up: bool, cpu_percent: float | N
             f"This computer is very busy ({cpu_percent:.0f} % processor use), too busy to "
             f"send and show video smoothly. Close other programs, or switch to audio only."),))
     return base
+
+
+#: This computer's own traffic in a direction, as a share of that direction's last measured
+#: capacity, at which it is named as a likely cause of a worse verdict.
+OWN_TRAFFIC_SHARE = 0.7
+
+
+def own_traffic_note(verdict: Verdict, *, tx_kbps: float | None, rx_kbps: float | None,
+                     up: DirectionMetrics | None, down: DirectionMetrics | None,
+                     share: float = OWN_TRAFFIC_SHARE) -> Verdict:
+    """Name this computer's own traffic as a cause when a window says less than video.
+
+    `tx_kbps`/`rx_kbps`: what the default interface sent/received over the window; `up`/`down`:
+    the last check's capacities. Only a capacity the check pinned down counts (a top rung that
+    passed says "at least", which no traffic figure can be compared with). The verdict itself
+    is unchanged: a video call also fills the link, by design; what this adds is the one cause
+    the client can act on from this computer (a backup, a sync, a download).
+    """
+    if verdict.verdict not in (AUDIO_ONLY, PHONE):
+        return verdict
+    notes = []
+    for name, own, cap in (("up", tx_kbps, up), ("down", rx_kbps, down)):
+        if own is None or cap is None or cap.kbps is None or cap.kbps_at_least or cap.kbps <= 0:
+            continue
+        if own >= share * cap.kbps:
+            word = "upload" if name == "up" else "download"
+            verb = "sending" if name == "up" else "receiving"
+            what = ("uploads, cloud backups or file sync" if name == "up"
+                    else "downloads, updates or streaming")
+            notes.append(Reason(
+                f"own_{word}_busy",
+                f"This computer is itself {verb} {format_mbps(own)} Mbit/s, most of what your "
+                f"{word} carried in the last check ({format_mbps(cap.kbps)} Mbit/s). Pausing "
+                f"{what} on it should help."))
+    if not notes:
+        return verdict
+    return replace(verdict, reasons=verdict.reasons[:1] + tuple(notes) + verdict.reasons[1:])
 
 
 def window_verdict(metrics: LinkMetrics | None, thresholds: Thresholds,

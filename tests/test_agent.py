@@ -314,6 +314,7 @@ async def test_status_metrics_events_and_a_monitored_session(
         assert state["state"] == "idle" and state["session_started_at"] is None
         [stopped] = events(caplog, "session_stopped")
         assert stopped.duration_s > 1  # type: ignore[attr-defined]
+        assert stopped.reason == "api"  # type: ignore[attr-defined]
         await until(lambda: not reflector.sessions, 5, "monitor connection closed")
 
         # The figures age: past stale_after_s the status no longer vouches for anything.
@@ -348,6 +349,24 @@ async def test_post_check_runs_one_check_at_a_time(reflector: Reflector,
     assert by_status[409]["error"]["code"] == "check_running"
     st = await r.status()
     assert st["recommendation"] == "video" and st["metrics"]["rtt_ms"] == doc["metrics"]["rtt_ms"]
+
+
+async def test_a_forgotten_session_stops_by_itself(
+        reflector: Reflector, start_agent: StartAgent, caplog: pytest.LogCaptureFixture) -> None:
+    # The video app crashed without stopping its session: the monitoring stream must not run
+    # (and load the client's link) for ever.
+    r = await start_agent(reflector.url, max_session_s=3.0)
+    assert (await r.post("/v1/session", {"action": "start"}))[0] == 200
+    await r.until_status(lambda s: s["state"] == "monitoring", 5, "monitoring")
+    st = await r.until_status(lambda s: s["state"] == "idle", 20, "the session to expire")
+    assert st["session_started_at"] is None
+    [stopped] = events(caplog, "session_stopped")
+    assert stopped.reason == "max_duration" and stopped.levelname == "WARNING"  # type: ignore
+    assert 3.0 <= stopped.duration_s < 6  # type: ignore[attr-defined]
+    await until(lambda: not reflector.sessions, 5, "monitor connection closed")
+    # and a new session can start as usual
+    assert (await r.post("/v1/session", {"action": "start"}))[0] == 200
+    assert (await r.status())["state"] == "monitoring"
 
 
 async def test_reflector_lost_during_a_session_then_back(

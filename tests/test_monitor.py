@@ -27,6 +27,7 @@ from netprobe.monitor import (
     Hysteresis,
     HysteresisSettings,
     ProbeWindow,
+    own_traffic_note,
     passive_verdict,
     window_verdict,
 )
@@ -505,3 +506,36 @@ def test_passive_signals_never_improve_a_verdict(base: str, interface_up: bool,
         assert result == before
     if base != UNKNOWN:
         assert rank(result.verdict) >= rank(base)
+
+
+# -- this computer's own traffic as a cause -------------------------------------------------
+
+_SLOW_UP = Verdict(AUDIO_ONLY, 0.8, (Reason("upload_too_slow_for_video", "slow upload"),))
+
+
+def test_own_upload_filling_a_measured_uplink_is_named_second() -> None:
+    v = own_traffic_note(_SLOW_UP, tx_kbps=1400, rx_kbps=100,
+                         up=DirectionMetrics(kbps=1600), down=DirectionMetrics(kbps=8000))
+    assert v.verdict == AUDIO_ONLY and v.confidence == 0.8  # the verdict is not changed
+    assert [r.code for r in v.reasons] == ["upload_too_slow_for_video", "own_upload_busy"]
+    msg = v.reasons[1].message
+    assert "1.4 Mbit/s" in msg and "1.6 Mbit/s" in msg and "Pausing" in msg
+
+
+def test_own_download_named_for_phone_too() -> None:
+    phone = Verdict(PHONE, 0.9, (Reason("loss_too_high_for_audio", "loss"),))
+    v = own_traffic_note(phone, tx_kbps=10, rx_kbps=900,
+                         up=DirectionMetrics(kbps=500), down=DirectionMetrics(kbps=1000))
+    assert [r.code for r in v.reasons] == ["loss_too_high_for_audio", "own_download_busy"]
+
+
+@pytest.mark.parametrize("verdict, tx, up", [
+    (Verdict(VIDEO, 0.9, ()), 1500, DirectionMetrics(kbps=1600)),  # video: the call itself
+    (_SLOW_UP, 1000, DirectionMetrics(kbps=1600)),  # 62 % of the uplink: not most of it
+    (_SLOW_UP, 5000, DirectionMetrics(kbps=3200, kbps_at_least=True)),  # capacity unknown
+    (_SLOW_UP, None, DirectionMetrics(kbps=1600)),  # no reading
+    (_SLOW_UP, 1500, DirectionMetrics()),  # never measured
+])
+def test_own_traffic_not_named_without_evidence(verdict: Verdict, tx: float | None,
+                                                up: DirectionMetrics) -> None:
+    assert own_traffic_note(verdict, tx_kbps=tx, rx_kbps=None, up=up, down=None) == verdict

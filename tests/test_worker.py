@@ -4,6 +4,8 @@ reflector: what the agent gets back, and how it copes when the child fails."""
 from __future__ import annotations
 
 import asyncio
+import pickle
+import struct
 import subprocess
 import sys
 import time
@@ -105,3 +107,28 @@ def test_the_agent_never_loads_the_webrtc_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_child_of_an_agent_that_died_stops_and_frees_the_reflector(
+        reflector: Reflector, settings: Settings) -> None:
+    # An agent killed with SIGKILL leaves no chance to stop its child: the kernel closes the
+    # child's pipes, and that alone must end it (and its reflector session).
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "netprobe.worker", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(worker.encode_frame(("monitor", reflector.url, settings, 0.05, 10.0)))
+    await proc.stdin.drain()
+    (size,) = struct.unpack("!I", await asyncio.wait_for(proc.stdout.readexactly(4), 20))
+    assert pickle.loads(await proc.stdout.readexactly(size)) == ("connected",)
+    assert len(reflector.sessions) == 1
+    proc.stdin.close()
+    proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    err = await proc.stderr.read() if proc.stderr else b""
+    assert b"Traceback" not in err, err.decode()
+    for _ in range(50):
+        if not reflector.sessions:
+            break
+        await asyncio.sleep(0.1)
+    assert not reflector.sessions
