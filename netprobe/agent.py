@@ -373,7 +373,7 @@ class Agent:
         a = self.settings.agent
         capacity = self._capacity()
         metrics = window.metrics(now, capacity, a.window_s)
-        longer = window.metrics(now, capacity)
+        longer = window.metrics(now, capacity, sure=True)
         verdict = passive_verdict(window_verdict(metrics, self.settings.thresholds, longer),
                                   interface_up=self.passive.interface_up,
                                   cpu_percent=self.passive.cpu_percent,

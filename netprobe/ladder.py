@@ -109,6 +109,8 @@ class Ladder:
         self.done = False
         """True once the capacity is known (a rung failed, or the top rung passed), or the
         ladder was aborted."""
+        self.aborted = False
+        """True if `abort` ended the ladder before it found the capacity."""
 
     @property
     def started(self) -> bool:
@@ -125,6 +127,8 @@ class Ladder:
         in progress keeps its loaded window, closed at `now`."""
         if not self.done and self._current is not None and self._current not in self.results:
             self._aborted_at = now
+        if not self.done:
+            self.aborted = True
         self.done = True
         self.version += 1
 

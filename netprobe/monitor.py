@@ -26,7 +26,7 @@ from .classify import (
     format_mbps,
 )
 from .emodel import estimate_audio_quality
-from .measure import JitterEstimator, percentile
+from .measure import JitterEstimator, percentile, wilson_interval
 from .metrics import DirectionMetrics, LinkMetrics
 from .wire import Echo
 
@@ -77,10 +77,14 @@ class ProbeWindow:
             self._seqs.discard(self._samples.popleft().seq)
 
     def metrics(self, now: float, capacity: tuple[DirectionMetrics, DirectionMetrics] | None,
-                span: float | None = None) -> LinkMetrics | None:
+                span: float | None = None, *, sure: bool = False) -> LinkMetrics | None:
         """Figures over the last `span` seconds (default: the whole window; None if too few
         echoes). Throughput cannot be measured by a gentle probe stream: it comes from the
-        last capacity check (`capacity`)."""
+        last capacity check (`capacity`).
+
+        `sure`: report each direction's loss as the least it can be with 95 % confidence (the
+        Wilson lower bound), not the point estimate: for confirming the strongest advice
+        (phone) on evidence, not on a window that happened to lose a few more packets."""
         self._trim(now)
         since = now - (self.span if span is None else span)
         recent = [s for s in self._samples if s.at >= since]
@@ -92,8 +96,14 @@ class ProbeWindow:
         down_lost = down_expected - (len(ordered) - 1)
         up_expected = last.up_settled - first.up_settled
         up_lost = max(0, last.up_lost_so_far - first.up_lost_so_far)
-        up_loss = 100 * min(up_lost, up_expected) / up_expected if up_expected > 0 else 0.0
-        down_loss = 100 * max(0, down_lost) / down_expected if down_expected > 0 else 0.0
+        up_lost, down_lost = min(up_lost, up_expected), max(0, down_lost)
+        if sure:
+            up_loss = 100 * wilson_interval(up_lost, up_expected)[0] if up_expected > 0 else 0.0
+            down_loss = (100 * wilson_interval(down_lost, down_expected)[0]
+                         if down_expected > 0 else 0.0)
+        else:
+            up_loss = 100 * up_lost / up_expected if up_expected > 0 else 0.0
+            down_loss = 100 * down_lost / down_expected if down_expected > 0 else 0.0
         rtt = percentile([s.rtt for s in ordered], 50) * 1000
         up_jitter = percentile([s.up_jitter for s in ordered], 50) * 1000
         down_jitter = percentile([s.down_jitter for s in ordered], 50) * 1000
@@ -255,7 +265,8 @@ def window_verdict(metrics: LinkMetrics | None, thresholds: Thresholds,
                    longer: LinkMetrics | None = None) -> Verdict:
     """The verdict of a window. `phone` is the strongest advice, and a few seconds of probes
     are noisy (8 % loss reads as 12 % often enough): it must be confirmed by the `longer`
-    window too, else the verdict stays at audio only."""
+    window too (taken with `sure=True`: loss it is 95 % sure of), else the verdict stays at
+    audio only."""
     if metrics is None:
         return Verdict(UNKNOWN, 0.0, ())
     verdict = classify(metrics, thresholds)

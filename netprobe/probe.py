@@ -125,10 +125,7 @@ async def run_check(
             if pc.connectionState != "connected":
                 break
             if session.finished(now):
-                stopped_early = not (session.up.done and session.down.done) or any(
-                    len(ladder.results) < len(ladder.rungs) and all(
-                        r.passed for r in ladder.results.values())
-                    for ladder in (session.up, session.down))
+                stopped_early = session.stopped_early
                 break
             if now >= deadline:
                 break

@@ -393,6 +393,11 @@ class ClientSession:
         if needed > self.probe_interval * 1.05:
             self.probe_interval = needed
 
+    @property
+    def stopped_early(self) -> bool:
+        """The verdict was certain before a ladder found its direction's capacity."""
+        return any(ladder.aborted or not ladder.done for ladder in (self.up, self.down))
+
     def finished(self, now: float) -> bool:
         """True when more measuring cannot change the verdict or sharpen its figures."""
         if now - self.started_at < self.settings.min_probe_s:

@@ -660,10 +660,7 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
             probe_slowdowns.append((now, session.probe_interval, not ladder_started))
         if finished:
             state["stopped_by"] = "finished"
-            state["stopped_early"] = not (session.up.done and session.down.done) or any(
-                len(ladder.results) < len(ladder.rungs) and all(
-                    r.passed for r in ladder.results.values())
-                for ladder in (session.up, session.down))
+            state["stopped_early"] = session.stopped_early
             return stop(t)
         if t >= deadline:
             state["stopped_by"] = "deadline"

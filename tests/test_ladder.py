@@ -762,3 +762,19 @@ def test_held_back_sender_on_a_slower_link_still_fails() -> None:
     obs = _observed(rung, sent, sent, 2 * DURATION)
     r = lad.evaluate(2 * DURATION + 0.1, lambda i: obs, 0.0, _always, TIMEOUT)
     assert r is not None and not r.passed and r.sender_limited
+
+
+def test_abort_marks_a_ladder_cut_short_but_not_a_finished_one() -> None:
+    lad = Ladder(make_ladder((300, 800)), DURATION)
+    lad.start(0.0)
+    lad.abort(0.1)
+    assert lad.done and lad.aborted
+    finished = Ladder(make_ladder((300,)), DURATION)
+    finished.start(0.0)
+    rung = finished.rungs[0]
+    full = round(DURATION / rung.interval)
+    obs = _observed(rung, full, full, DURATION)
+    assert finished.evaluate(DURATION + 0.1, lambda i: obs, 0.0, _always, TIMEOUT) is not None
+    assert finished.done and not finished.aborted
+    finished.abort(1.0)  # too late: the capacity was found
+    assert not finished.aborted

@@ -539,3 +539,44 @@ def test_own_download_named_for_phone_too() -> None:
 def test_own_traffic_not_named_without_evidence(verdict: Verdict, tx: float | None,
                                                 up: DirectionMetrics) -> None:
     assert own_traffic_note(verdict, tx_kbps=tx, rx_kbps=None, up=up, down=None) == verdict
+
+
+# -- phone only on sure evidence ----------------------------------------------------------
+
+
+def _lossy(n: int, every: int) -> Stream:
+    lost = frozenset(range(3, n, every))
+    return Stream(n, up_lost=lost, down_lost=lost)
+
+
+def test_sure_loss_is_the_lower_confidence_bound_and_never_above_the_estimate() -> None:
+    window = ProbeWindow(span=20)
+    now = feed(window, _lossy(300, 8).echoes())  # 12.5 % each way
+    point = window.metrics(now, GOOD_CAPACITY)
+    sure = window.metrics(now, GOOD_CAPACITY, sure=True)
+    assert point is not None and sure is not None
+    assert point.down.loss_pct == pytest.approx(12.5, abs=0.5)
+    assert 8.0 < sure.down.loss_pct < point.down.loss_pct  # Wilson, 300 packets: ~9.2 %
+    assert sure.mos_audio is not None and point.mos_audio is not None
+    assert sure.mos_audio > point.mos_audio
+
+
+def test_a_short_unlucky_stretch_of_moderate_loss_does_not_send_a_session_to_the_phone() -> None:
+    # 8 % true loss read as 12.5 % over 15 s: the point estimate is below the audio line
+    # (MOS < 3.1) but not surely so: audio only.
+    window = ProbeWindow(span=15)
+    now = feed(window, _lossy(300, 8).echoes())
+    point = window.metrics(now, GOOD_CAPACITY, 5)
+    assert point is not None
+    assert window_verdict(point, Thresholds()).verdict == PHONE  # the 5 s window alone
+    longer = window.metrics(now, GOOD_CAPACITY, sure=True)
+    assert window_verdict(point, Thresholds(), longer).verdict == AUDIO_ONLY
+
+
+def test_heavy_loss_is_surely_phone() -> None:
+    window = ProbeWindow(span=15)
+    now = feed(window, _lossy(300, 4).echoes())  # 25 % each way
+    point = window.metrics(now, GOOD_CAPACITY, 5)
+    longer = window.metrics(now, GOOD_CAPACITY, sure=True)
+    assert point is not None and longer is not None
+    assert window_verdict(point, Thresholds(), longer).verdict == PHONE
