@@ -232,13 +232,16 @@ OWN_TRAFFIC_SHARE = 0.7
 def own_traffic_note(verdict: Verdict, *, tx_kbps: float | None, rx_kbps: float | None,
                      up: DirectionMetrics | None, down: DirectionMetrics | None,
                      share: float = OWN_TRAFFIC_SHARE) -> Verdict:
-    """Name this computer's own traffic as a cause when a window says less than video.
+    """Name this computer's own traffic as a possible cause when a window says less than
+    video.
 
     `tx_kbps`/`rx_kbps`: what the default interface sent/received over the window; `up`/`down`:
     the last check's capacities. Only a capacity the check pinned down counts (a top rung that
     passed says "at least", which no traffic figure can be compared with). The verdict itself
-    is unchanged: a video call also fills the link, by design; what this adds is the one cause
-    the client can act on from this computer (a backup, a sync, a download).
+    is unchanged: a video call also fills the link, by design, and psutil cannot tell the
+    call's traffic from other programs', so the advice is conditional: what this adds is the
+    one cause the client may be able to act on from this computer (a backup, a sync, a
+    download).
     """
     if verdict.verdict not in (AUDIO_ONLY, PHONE):
         return verdict
@@ -249,13 +252,15 @@ def own_traffic_note(verdict: Verdict, *, tx_kbps: float | None, rx_kbps: float 
         if own >= share * cap.kbps:
             word = "upload" if name == "up" else "download"
             verb = "sending" if name == "up" else "receiving"
-            what = ("uploads, cloud backups or file sync" if name == "up"
-                    else "downloads, updates or streaming")
+            others = ("uploading (a cloud backup, file sync)" if name == "up"
+                      else "downloading (updates, streaming)")
+            # The interface also carries the call itself: the advice is conditional.
             notes.append(Reason(
                 f"own_{word}_busy",
-                f"This computer is itself {verb} {format_mbps(own)} Mbit/s, most of what your "
-                f"{word} carried in the last check ({format_mbps(cap.kbps)} Mbit/s). Pausing "
-                f"{what} on it should help."))
+                f"This computer is {verb} {format_mbps(own)} Mbit/s in all, the call included: "
+                f"most of what your {word} carried in the last check "
+                f"({format_mbps(cap.kbps)} Mbit/s). If other programs on it are {others}, "
+                f"pausing them should help."))
     if not notes:
         return verdict
     return replace(verdict, reasons=verdict.reasons[:1] + tuple(notes) + verdict.reasons[1:])

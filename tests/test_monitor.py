@@ -519,7 +519,8 @@ def test_own_upload_filling_a_measured_uplink_is_named_second() -> None:
     assert v.verdict == AUDIO_ONLY and v.confidence == 0.8  # the verdict is not changed
     assert [r.code for r in v.reasons] == ["upload_too_slow_for_video", "own_upload_busy"]
     msg = v.reasons[1].message
-    assert "1.4 Mbit/s" in msg and "1.6 Mbit/s" in msg and "Pausing" in msg
+    assert "1.4 Mbit/s" in msg and "1.6 Mbit/s" in msg and "the call included" in msg
+    assert "pausing them" in msg
 
 
 def test_own_download_named_for_phone_too() -> None:
