@@ -353,16 +353,18 @@ class Agent:
                 continue
             self._reflector_state(True, None)
             started = self.clock()
+            why = "monitor_closed"  # the connection, or its process, ended
             try:
                 while not link.failed.is_set():
                     await asyncio.sleep(1.0)
                     now = self.clock()
                     if window.silent_for(now) > SILENCE_S and now - started > SILENCE_S:
+                        why = "monitor_silent"
                         break
                     await self._monitor_tick(window, hysteresis, now)
             finally:
                 await link.close()
-            self._reflector_state(False, "monitor_silent")
+            self._reflector_state(False, why)
             self._set(passive_verdict(_unreachable(), interface_up=self.passive.interface_up,
                                       cpu_percent=None), LinkMetrics(), "monitor")
             hysteresis.reset(self.recommendation)

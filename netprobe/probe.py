@@ -274,6 +274,12 @@ class MonitorLink:
     def probes_sent(self) -> int:
         return self._seq
 
+    @property
+    def state(self) -> str:
+        """How the connection stands, in words (`connectionState` and ICE state)."""
+        return (f"is {self._pc.connectionState} "
+                f"(ICE {self._pc.iceConnectionState})")
+
     async def close(self) -> None:
         if self._pacer is not None:
             await self._pacer.stop()

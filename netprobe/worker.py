@@ -189,6 +189,10 @@ class IsolatedMonitorLink:
             while (frame := await child.read()) is not None:
                 if frame[0] == "echo":
                     self._on_echo(frame[1], frame[2])
+                elif frame[0] == "error":
+                    logger.warning("monitoring connection ended: %s", frame[1])
+            # not asked to stop (close() cancels this task first): say what the child said
+            logger.warning("%s", child.failure("being asked to stop"))
         except NetprobeError as exc:
             logger.error("monitoring stopped: %s", exc, extra={
                 "event": "error", "where": "monitor", "error": str(exc)})
@@ -280,6 +284,9 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
                 out.send(("connected",))
                 failed = asyncio.get_running_loop().create_task(link.failed.wait())
                 await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if failed.done():
+                    out.send(("error", ConnectFailed(
+                        f"the connection to the reflector {link.state}")))
                 failed.cancel()
             finally:
                 await link.close()

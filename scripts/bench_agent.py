@@ -695,6 +695,10 @@ class ReactionResult:
                 + ("" if self.ok else "  <- " + "; ".join(self.problems)))
 
 
+#: Where the agent's log of a reaction run that went wrong is kept.
+KEEP_DIR = Path(tempfile.gettempdir()) / "netprobe-bench-agent"
+
+
 def phase_times(profile: Profile) -> tuple[float, float]:
     """(degradation, recovery) seconds of a clean -> degraded -> clean profile."""
     phases = sorted(profile.phases, key=lambda p: p.start_s)
@@ -770,6 +774,15 @@ async def reaction_run(profile_name: str = REACTION_PROFILE, *, tail_s: float = 
     sse_pairs = [(c.old, c.new) for c in session_changes]
     if sse_pairs != log_changes:
         res.problems.append(f"events {sse_pairs} differ from the log {log_changes}")
+    if res.problems:  # keep the evidence: the agent's log (times from the lab's start)
+        KEEP_DIR.mkdir(parents=True, exist_ok=True)
+        kept = KEEP_DIR / f"reaction-{time.strftime('%H%M%S')}.jsonl"
+        with kept.open("w") as f:
+            for e in log:
+                t = _parse_ts(e["ts"]) - wall_minus_mono - epoch if "ts" in e else None
+                f.write(json.dumps({"lab_s": None if t is None else round(t, 2), **e}) + "\n")
+            f.write(json.dumps({"agent_stderr": r.stderr_text}) + "\n")
+        res.problems.append(f"agent log kept in {kept}")
     return res
 
 
