@@ -201,13 +201,19 @@ class Ladder:
 
     def capacity(self) -> tuple[float | None, bool]:
         """(kbit/s, at_least). `at_least` when no judged rung failed: the link carried
-        everything tried (the top rung, or as far as the check went). None if nothing judged."""
+        everything tried (the top rung, or as far as the check went). None if nothing judged,
+        or if a rung failed without evidence of what arrived: judged on a timeout before the
+        receiver's report came back, it says nothing about the rate (0 would be a guess)."""
         if not self.results:
             return (None, False)
         if all(r.passed for r in self.results.values()):
             return (self.lower_bound(), True)
         rates = [r.delivered_kbps for r in self.results.values() if r.delivered_kbps is not None]
-        return (max(rates, default=0.0), False)
+        if rates:
+            return (max(rates), False)
+        # Nothing (or a single packet) arrived: proven only once the evidence was final.
+        proven = any(r.final for r in self.results.values() if not r.passed)
+        return (0.0, False) if proven else (None, False)
 
     def lower_bound(self) -> float:
         """What the link has been shown to carry, kbit/s (0 if nothing passed): the delivered

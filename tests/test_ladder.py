@@ -598,6 +598,18 @@ def test_nothing_arrived_fails_rung_with_zero_capacity() -> None:
     assert lad.upper_bound() == 0.0
 
 
+def test_a_rung_failed_on_a_timeout_without_any_report_has_no_capacity_figure() -> None:
+    # A long, slow link: the rung's report had not come back when the timeout struck. That
+    # says nothing about the rate: the capacity is unknown, not 0 kbit/s.
+    lad = Ladder(make_ladder((300, 800)), 0.6)
+    lad.start(0.0)
+    r = lad.evaluate(2.0, lambda i: RungObservation(120, 0, 0, 0.0, 0.0), 0.0, _never, 0.1)
+    assert r is not None and not r.passed and not r.final
+    assert lad.done
+    assert lad.capacity() == (None, False)
+    assert lad.upper_bound() == math.inf
+
+
 def test_observe_none_fails_rung() -> None:
     lad = Ladder(make_ladder((300,)), 0.6)
     lad.start(0.0)
