@@ -193,9 +193,10 @@ class IsolatedMonitorLink:
                     logger.warning("monitoring connection ended: %s", frame[1])
             # not asked to stop (close() cancels this task first): say what the child said
             logger.warning("%s", child.failure("being asked to stop"))
-        except NetprobeError as exc:
-            logger.error("monitoring stopped: %s", exc, extra={
-                "event": "error", "where": "monitor", "error": str(exc)})
+        except Exception as exc:  # a bad frame must end this stream, never the agent
+            error = str(exc) if isinstance(exc, NetprobeError) else f"{type(exc).__name__}: {exc}"
+            logger.error("monitoring stopped: %s", error, extra={
+                "event": "error", "where": "monitor", "error": error})
         finally:
             self.failed.set()
 

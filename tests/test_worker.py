@@ -132,3 +132,18 @@ async def test_child_of_an_agent_that_died_stops_and_frees_the_reflector(
             break
         await asyncio.sleep(0.1)
     assert not reflector.sessions
+
+
+async def test_an_echo_the_agent_cannot_take_ends_the_stream_not_the_agent(
+        reflector: Reflector, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(echo: Any, now: float) -> None:
+        raise ValueError("unexpected echo")
+
+    link = worker.IsolatedMonitorLink(reflector.url, settings, 0.05, broken)
+    await link.connect(10)
+    try:
+        await asyncio.wait_for(link.failed.wait(), 5)
+    finally:
+        await link.close()  # must not raise
+    [rec] = [r for r in caplog.records if getattr(r, "event", None) == "error"]
+    assert rec.where == "monitor" and "ValueError" in rec.error  # type: ignore[attr-defined]
