@@ -96,14 +96,8 @@ class ProbeWindow:
         down_lost = down_expected - (len(ordered) - 1)
         up_expected = last.up_settled - first.up_settled
         up_lost = max(0, last.up_lost_so_far - first.up_lost_so_far)
-        up_lost, down_lost = min(up_lost, up_expected), max(0, down_lost)
-        if sure:
-            up_loss = 100 * wilson_interval(up_lost, up_expected)[0] if up_expected > 0 else 0.0
-            down_loss = (100 * wilson_interval(down_lost, down_expected)[0]
-                         if down_expected > 0 else 0.0)
-        else:
-            up_loss = 100 * up_lost / up_expected if up_expected > 0 else 0.0
-            down_loss = 100 * down_lost / down_expected if down_expected > 0 else 0.0
+        up_loss = _loss_pct(min(up_lost, up_expected), up_expected, sure)
+        down_loss = _loss_pct(max(0, down_lost), down_expected, sure)
         rtt = percentile([s.rtt for s in ordered], 50) * 1000
         up_jitter = percentile([s.up_jitter for s in ordered], 50) * 1000
         down_jitter = percentile([s.down_jitter for s in ordered], 50) * 1000
@@ -126,6 +120,13 @@ class ProbeWindow:
     def silent_for(self, now: float) -> float:
         """Seconds since the last echo arrived (inf if none ever did)."""
         return float("inf") if self.last_echo_at is None else now - self.last_echo_at
+
+
+def _loss_pct(lost: int, expected: int, sure: bool) -> float:
+    """Percent lost: the point estimate, or with `sure` the Wilson lower bound."""
+    if expected <= 0:
+        return 0.0
+    return 100 * (wilson_interval(lost, expected)[0] if sure else lost / expected)
 
 
 @dataclass(frozen=True)

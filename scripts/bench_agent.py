@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 
 from netprobe.lab import LinkLab, Profile, check_lab_available, load_profile  # noqa: E402
+from netprobe.lab.accuracy import start_reflector  # noqa: E402
 
 NETPROBE = (sys.executable, "-m", "netprobe")
 REFLECTOR_PORT = 8765
@@ -311,13 +312,8 @@ class Rig:
 
     async def start(self, extra_agent_config: str = "") -> None:
         lab = self.lab
-        server = await lab.exec_server(
-            *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(REFLECTOR_PORT),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        server = await start_reflector(lab, REFLECTOR_PORT, timeout=30)
         assert server.stderr is not None
-        line = await asyncio.wait_for(server.stderr.readline(), 30)
-        if b"listening" not in line:
-            raise RuntimeError(f"the reflector did not start: {line.decode(errors='replace')}")
         self._tasks.append(asyncio.create_task(self._drain(server.stderr, self.reflector_err)))
         self.config_path.write_text(
             "[agent]\n"

@@ -108,19 +108,27 @@ def judge(row: AccuracyRow) -> list[str]:
     return problems
 
 
+async def start_reflector(lab: LinkLab, port: int = PORT,
+                          timeout: float = 20.0) -> asyncio.subprocess.Process:
+    """`netprobe serve` on the lab's server address, once it says it is listening. Its
+    stderr stays a pipe for the caller to read on; the lab stops it on exit."""
+    server = await lab.exec_server(
+        *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert server.stderr is not None
+    line = await asyncio.wait_for(server.stderr.readline(), timeout)
+    if b"listening" not in line:
+        raise RuntimeError(f"the reflector did not start: {line.decode(errors='replace')}")
+    return server
+
+
 async def check_on_profile(
     profile: Profile, *, check_args: Sequence[str] = (), timeout: float = 45.0,
 ) -> AccuracyRow:
     """Run `netprobe serve` and `netprobe check --json` over `profile`'s emulated link."""
     expect = profile.expect
     async with LinkLab(profile) as lab:
-        server = await lab.exec_server(
-            *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(PORT),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        assert server.stderr is not None
-        line = await asyncio.wait_for(server.stderr.readline(), 20)
-        if b"listening" not in line:
-            raise RuntimeError(f"the reflector did not start: {line.decode(errors='replace')}")
+        await start_reflector(lab, PORT)
         t0 = time.monotonic()
         client = await lab.exec_client(
             *NETPROBE, "check", "--server", f"http://{lab.server_addr}:{PORT}", "--json",
