@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "run_check": "probe",
-    "CheckResult": "result",
-    "Reflector": "reflector",
-    "Agent": "agent",
-    "classify": "classify",
-    "Verdict": "classify",
-    "Reason": "classify",
-    "Thresholds": "classify",
-    "VIDEO": "classify",
-    "AUDIO_ONLY": "classify",
-    "PHONE": "classify",
-    "UNKNOWN": "classify",
-    "LinkMetrics": "metrics",
-    "DirectionMetrics": "metrics",
-    "estimate_audio_quality": "emodel",
+    "run_check": "webrtc.client",
+    "CheckResult": "core.result",
+    "Reflector": "webrtc.reflector",
+    "Agent": "agent.runtime",
+    "classify": "core.classify",
+    "Verdict": "core.classify",
+    "Reason": "core.classify",
+    "Thresholds": "core.classify",
+    "VIDEO": "core.classify",
+    "AUDIO_ONLY": "core.classify",
+    "PHONE": "core.classify",
+    "UNKNOWN": "core.classify",
+    "LinkMetrics": "core.metrics",
+    "DirectionMetrics": "core.metrics",
+    "estimate_audio_quality": "core.emodel",
     "Settings": "config",
     "ProbeSettings": "config",
     "ReflectorSettings": "config",
@@ -87,8 +87,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import Agent
-    from .classify import (
+    from netprobe.agent.runtime import Agent
+    from netprobe.config import (
+        AgentSettings,
+        PrivacySettings,
+        ProbeSettings,
+        ReflectorSettings,
+        Settings,
+        load_settings,
+    )
+    from netprobe.core.classify import (
         AUDIO_ONLY,
         PHONE,
         UNKNOWN,
@@ -98,16 +106,10 @@ if TYPE_CHECKING:  # pragma: no cover
         Verdict,
         classify,
     )
-    from .config import (
-        AgentSettings,
-        PrivacySettings,
-        ProbeSettings,
-        ReflectorSettings,
-        Settings,
-        load_settings,
-    )
-    from .emodel import estimate_audio_quality
-    from .errors import (
+    from netprobe.core.emodel import estimate_audio_quality
+    from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+    from netprobe.core.result import CheckResult
+    from netprobe.errors import (
         ConfigError,
         ConnectFailed,
         NetprobeError,
@@ -115,10 +117,8 @@ if TYPE_CHECKING:  # pragma: no cover
         ServerBusy,
         ServerUnreachable,
     )
-    from .metrics import DirectionMetrics, LinkMetrics
-    from .probe import run_check
-    from .reflector import Reflector
-    from .result import CheckResult
+    from netprobe.webrtc.client import run_check
+    from netprobe.webrtc.reflector import Reflector
 
 
 def __getattr__(name: str) -> Any:

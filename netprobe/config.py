@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .classify import AudioThresholds, Thresholds, VideoThresholds
-from .errors import ConfigError
+from netprobe.core.classify import AudioThresholds, Thresholds, VideoThresholds
+from netprobe.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import aioice.ice
 import pytest
 
 from netprobe.config import ReflectorSettings, Settings, load_settings
-from netprobe.reflector import Reflector
+from netprobe.webrtc.reflector import Reflector
 
 
 @pytest.fixture

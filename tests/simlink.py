@@ -65,18 +65,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netprobe.classify import Thresholds, Verdict, classify
 from netprobe.config import ProbeSettings, load_thresholds
-from netprobe.measure import (
+from netprobe.core.classify import Thresholds, Verdict, classify
+from netprobe.core.measure import (
     LOAD_OVERHEAD_BYTES,
     PROBE_OVERHEAD_BYTES,
     JitterEstimator,
     percentile,
 )
-from netprobe.metrics import LinkMetrics
-from netprobe.responder import REPORTED_DOWN_RUNGS, REPORTED_UP_RUNGS, Responder
-from netprobe.session import JITTER_WARMUP, ClientSession
-from netprobe.wire import (
+from netprobe.core.metrics import LinkMetrics
+from netprobe.core.responder import REPORTED_DOWN_RUNGS, REPORTED_UP_RUNGS, Responder
+from netprobe.core.session import JITTER_WARMUP, ClientSession
+from netprobe.core.wire import (
     TYPE_ECHO,
     TYPE_LOAD,
     TYPE_PROBE,

@@ -31,12 +31,12 @@ import psutil
 import pytest
 from procs import CHILD_ENV, NETPROBE, free_port, serve
 
-from netprobe.agent import Agent
-from netprobe.agent_api import AgentApi
+from netprobe.agent.api import AgentApi
+from netprobe.agent.passive import PassiveState
+from netprobe.agent.runtime import Agent
 from netprobe.config import ReflectorSettings, Settings, load_settings
 from netprobe.errors import ConfigError
-from netprobe.passive import PassiveState
-from netprobe.reflector import Reflector
+from netprobe.webrtc.reflector import Reflector
 
 ORIGIN = "https://video.clinic.example"
 STATUS_KEYS = {"schema", "state", "recommendation", "confidence", "reasons", "metrics",

@@ -1,4 +1,4 @@
-"""Tests for netprobe.classify: table of clear-cut links, reasons, confidence, and the
+"""Tests for netprobe.core.classify: table of clear-cut links, reasons, confidence, and the
 monotonicity the module promises (a worse link never gets a better verdict)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netprobe.classify import (
+from netprobe.config import load_thresholds
+from netprobe.core.classify import (
     AUDIO_ONLY,
     PHONE,
     UNKNOWN,
@@ -24,9 +25,8 @@ from netprobe.classify import (
     classify,
     worst,
 )
-from netprobe.config import load_thresholds
-from netprobe.emodel import estimate_audio_quality
-from netprobe.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.metrics import DirectionMetrics, LinkMetrics
 
 T = Thresholds()
 

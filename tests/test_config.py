@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from netprobe.classify import AudioThresholds, Thresholds, VideoThresholds
 from netprobe.config import (
     IceServer,
     PrivacySettings,
@@ -19,6 +18,7 @@ from netprobe.config import (
     load_settings,
     load_thresholds,
 )
+from netprobe.core.classify import AudioThresholds, Thresholds, VideoThresholds
 from netprobe.errors import ConfigError, NetprobeError
 
 

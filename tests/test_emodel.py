@@ -1,4 +1,4 @@
-"""Tests for netprobe.emodel (ITU-T G.107 E-model).
+"""Tests for netprobe.core.emodel (ITU-T G.107 E-model).
 
 Expected values are worked by hand from the G.107 formulas; the working is in comments.
 """
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netprobe import emodel
-from netprobe.emodel import (
+from netprobe.core import emodel
+from netprobe.core.emodel import (
     AudioQuality,
     EModelParams,
     estimate_audio_quality,

@@ -12,9 +12,9 @@ from aiohttp import web
 from procs import free_port, serve, stop
 
 from netprobe.config import ReflectorSettings, Settings
-from netprobe.probe import run_check
-from netprobe.reflector import Reflector
-from netprobe.result import SCHEMA
+from netprobe.core.result import SCHEMA
+from netprobe.webrtc.client import run_check
+from netprobe.webrtc.reflector import Reflector
 
 
 def _capped(settings: Settings, seconds: float) -> Settings:

@@ -40,7 +40,7 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 
 
 def test_import_netprobe_loads_no_webrtc_stack() -> None:
-    code = ("import sys, netprobe; netprobe.classify; netprobe.load_settings; netprobe.Agent; "
+    code = ("import sys, netprobe; netprobe.core.classify; netprobe.load_settings; netprobe.Agent; "
             "print(sorted(m for m in ('aiortc', 'av') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True).stdout

@@ -1,4 +1,5 @@
-"""netprobe.jsonlog: line format, redaction (property-based), rotation, fallback, setup, paths."""
+"""netprobe.logs.jsonlog: line format, redaction (property-based), rotation, fallback, setup,
+paths."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from netprobe import jsonlog
-from netprobe.jsonlog import (
+from netprobe.logs import jsonlog
+from netprobe.logs.jsonlog import (
     EVENTS,
     JsonLinesFormatter,
     JsonStreamHandler,
@@ -793,16 +794,16 @@ def test_setup_installs_replaces_and_closes(tmp_path: Path, root_logger: logging
     root_logger.setLevel(logging.WARNING)
     first = setup_json_logging(tmp_path / "one.log", level=logging.INFO)
     assert first in root_logger.handlers and root_logger.level == logging.INFO
-    logging.getLogger("netprobe.agent").info("started", extra={
+    logging.getLogger("netprobe.agent.runtime").info("started", extra={
         "event": "agent_start", "version": "0.1.0", "config_path": "/etc/netprobe.toml",
         "api_port": 8765})
-    logging.getLogger("netprobe.agent").debug("not at INFO")
+    logging.getLogger("netprobe.agent.runtime").debug("not at INFO")
     second = setup_json_logging(tmp_path / "two.log", level="DEBUG", max_bytes=10_000,
                                 backup_count=2)
     assert first not in root_logger.handlers and second in root_logger.handlers
     assert other in root_logger.handlers
     assert root_logger.level == logging.DEBUG
-    logging.getLogger("netprobe.agent").debug("now at DEBUG")
+    logging.getLogger("netprobe.agent.runtime").debug("now at DEBUG")
     flush_and_close()
     assert second not in root_logger.handlers and other in root_logger.handlers
     one = read_lines(tmp_path / "one.log")

@@ -1,4 +1,4 @@
-"""Tests for netprobe.ladder, driven through a simulated bottleneck link.
+"""Tests for netprobe.core.ladder, driven through a simulated bottleneck link.
 
 The link model (`transit`) is a pure function: packets of a rung leave the sender every
 `rung.interval` seconds, pass a drop-tail queue in front of a bottleneck of `capacity_kbps`
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netprobe.config import ProbeSettings
-from netprobe.ladder import (
+from netprobe.core.ladder import (
     DRAIN_S,
     MIN_PAYLOAD,
     Ladder,
@@ -33,8 +33,8 @@ from netprobe.ladder import (
     RungResult,
     make_ladder,
 )
-from netprobe.measure import LOAD_OVERHEAD_BYTES
-from netprobe.wire import LOAD_MAX_SIZE
+from netprobe.core.measure import LOAD_OVERHEAD_BYTES
+from netprobe.core.wire import LOAD_MAX_SIZE
 
 _SHIPPED = ProbeSettings()
 DEFAULT_RATES = _SHIPPED.ladder_kbps  # (300, 800, 1600, 3200)

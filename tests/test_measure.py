@@ -1,4 +1,5 @@
-"""Tests for netprobe.measure: jitter, loss accounting, Wilson interval, throughput, percentile.
+"""Tests for netprobe.core.measure: jitter, loss accounting, Wilson interval, throughput,
+percentile.
 
 Expected values are worked by hand; the working is in the comments.
 """
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netprobe.measure import (
+from netprobe.core.measure import (
     LOAD_OVERHEAD_BYTES,
     PROBE_OVERHEAD_BYTES,
     JitterEstimator,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netprobe.agent import SILENCE_S
-from netprobe.classify import (
+from netprobe.agent.runtime import SILENCE_S
+from netprobe.core.classify import (
     AUDIO_ONLY,
     PHONE,
     UNKNOWN,
@@ -21,8 +21,8 @@ from netprobe.classify import (
     Thresholds,
     Verdict,
 )
-from netprobe.metrics import DirectionMetrics
-from netprobe.monitor import (
+from netprobe.core.metrics import DirectionMetrics
+from netprobe.core.monitor import (
     MIN_WINDOW_SAMPLES,
     Hysteresis,
     HysteresisSettings,
@@ -31,7 +31,7 @@ from netprobe.monitor import (
     passive_verdict,
     window_verdict,
 )
-from netprobe.wire import Echo
+from netprobe.core.wire import Echo
 
 KNOWN = (VIDEO, AUDIO_ONLY, PHONE)
 verdicts = st.sampled_from((*KNOWN, UNKNOWN))

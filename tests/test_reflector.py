@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from netprobe.config import ReflectorSettings
-from netprobe.reflector import Reflector
-from netprobe.rtc import PacketTrack, create_peer_connection, prefer_test_codecs
+from netprobe.webrtc.engine import PacketTrack, create_peer_connection, prefer_test_codecs
+from netprobe.webrtc.reflector import Reflector
 
 
 async def _offer_sdp() -> str:

@@ -29,9 +29,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from netprobe import service, service_files
 from netprobe.errors import ConfigError, NetprobeError
-from netprobe.service import (
+from netprobe.service import files as service_files
+from netprobe.service import manager as service
+from netprobe.service.manager import (
     Command,
     MakeDirs,
     RemoveFile,
@@ -1014,7 +1015,7 @@ def test_cli_dry_run_and_status(home: Path, config_file: Path, systemctl: FakeMa
     capsys.readouterr()
     assert service.run(cli("status", "--user", "--json")) == service.EXIT_NOT_RUNNING
     doc = json.loads(capsys.readouterr().out)
-    assert doc["schema"] == "netprobe.service-status/1" and doc["state"] == "failed"
+    assert doc["schema"] == "netprobe.service.manager-status/1" and doc["state"] == "failed"
     systemctl.answer("*", "")
     assert service.run(cli("uninstall", "--user")) == 0
     assert service.run(cli("install", "--user", "--config", str(home / "nope.toml"))) == \

@@ -34,12 +34,12 @@ from simlink import (
     simulate,
 )
 
-from netprobe.classify import AUDIO_ONLY, PHONE, VIDEO, classify
 from netprobe.config import ProbeSettings, load_thresholds
-from netprobe.emodel import estimate_audio_quality
-from netprobe.measure import wilson_interval
-from netprobe.metrics import DirectionMetrics, LinkMetrics
-from netprobe.session import PRECISION_RESERVE_S
+from netprobe.core.classify import AUDIO_ONLY, PHONE, VIDEO, classify
+from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.measure import wilson_interval
+from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.session import PRECISION_RESERVE_S
 
 SETTINGS = ProbeSettings()
 THRESHOLDS = load_thresholds()

@@ -1,4 +1,4 @@
-"""Tests for netprobe.wire: probe-protocol packets round-trip, and bad bytes only ever raise
+"""Tests for netprobe.core.wire: probe-protocol packets round-trip, and bad bytes only ever raise
 `ProtocolError`."""
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netprobe import wire
-from netprobe.classify import Thresholds
 from netprobe.config import ProbeSettings, load_settings
-from netprobe.errors import ConfigError, NetprobeError, ProtocolError
-from netprobe.responder import Responder
-from netprobe.session import ClientSession
-from netprobe.wire import (
+from netprobe.core import wire
+from netprobe.core.classify import Thresholds
+from netprobe.core.responder import Responder
+from netprobe.core.session import ClientSession
+from netprobe.core.wire import (
     LOAD_MAX_SIZE,
     LOAD_MIN_SIZE,
     NO_RUNG,
@@ -36,6 +35,7 @@ from netprobe.wire import (
     encode_probe,
     packet_type,
 )
+from netprobe.errors import ConfigError, NetprobeError, ProtocolError
 
 U32 = st.integers(0, 2**32 - 1)
 I16 = st.integers(-(2**15), 2**15 - 1)

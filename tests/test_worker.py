@@ -1,4 +1,4 @@
-"""Checks and monitoring streams in a child process (`netprobe.worker`), against a real
+"""Checks and monitoring streams in a child process (`netprobe.agent.worker`), against a real
 reflector: what the agent gets back, and how it copes when the child fails."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from procs import free_port
 
-from netprobe import worker
+from netprobe.agent import worker
 from netprobe.config import Settings
+from netprobe.core.result import CheckResult
 from netprobe.errors import NetprobeError, ServerUnreachable
-from netprobe.reflector import Reflector
-from netprobe.result import CheckResult
+from netprobe.webrtc.reflector import Reflector
 
 
 async def test_check_in_a_child_returns_the_whole_result(reflector: Reflector,
@@ -86,7 +86,8 @@ async def test_child_that_dies_before_answering_is_a_clear_error(
 
 
 def test_bad_request_gives_exit_2_and_no_traceback() -> None:
-    proc = subprocess.run([sys.executable, "-m", "netprobe.worker"], input=b"\x00\x00\x00\x03abc",
+    proc = subprocess.run([sys.executable, "-m", "netprobe.agent.worker"],
+                          input=b"\x00\x00\x00\x03abc",
                           capture_output=True, timeout=30)
     assert proc.returncode == 2
     assert b"unreadable request" in proc.stderr and b"Traceback" not in proc.stderr
@@ -94,15 +95,16 @@ def test_bad_request_gives_exit_2_and_no_traceback() -> None:
 
 
 def test_empty_stdin_exits_quietly() -> None:
-    proc = subprocess.run([sys.executable, "-m", "netprobe.worker"], input=b"",
+    proc = subprocess.run([sys.executable, "-m", "netprobe.agent.worker"], input=b"",
                           capture_output=True, timeout=30)
     assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b""
 
 
 def test_the_agent_never_loads_the_webrtc_stack() -> None:
     # What keeps an idle agent small: its own process imports neither aiortc nor PyAV.
-    code = ("import sys, netprobe.cli, netprobe.agent, netprobe.agent_api, netprobe.jsonlog, "
-            "netprobe.passive, netprobe.service; "
+    code = ("import sys, netprobe.cli.main, netprobe.agent.runtime, netprobe.agent.api, "
+            "netprobe.logs.jsonlog, "
+            "netprobe.agent.passive, netprobe.service.manager; "
             "print(sorted(m for m in ('aiortc', 'av', 'aioice') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True).stdout
@@ -114,7 +116,7 @@ async def test_child_of_an_agent_that_died_stops_and_frees_the_reflector(
     # An agent killed with SIGKILL leaves no chance to stop its child: the kernel closes the
     # child's pipes, and that alone must end it (and its reflector session).
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "netprobe.worker", stdin=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "netprobe.agent.worker", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(worker.encode_frame(("monitor", reflector.url, settings, 0.05, 10.0)))

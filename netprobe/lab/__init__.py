@@ -15,12 +15,17 @@ Public API:
 - `LabError`, `LabUnavailable`.
 """
 
-from .errors import LabError, LabUnavailable
-from .forwarder import LabStats
-from .link import GilbertElliott, Link, LinkConfig, LinkStats
-from .linklab import ENV_CLIENT_ADDR, ENV_SERVER_ADDR, LinkLab, run_command
-from .netns import CLIENT_ADDR, SERVER_ADDR, check_lab_available, remove_stale_namespaces
-from .profiles import (
+from netprobe.lab.errors import LabError, LabUnavailable
+from netprobe.lab.forwarder import LabStats
+from netprobe.lab.link import GilbertElliott, Link, LinkConfig, LinkStats
+from netprobe.lab.linklab import ENV_CLIENT_ADDR, ENV_SERVER_ADDR, LinkLab, run_command
+from netprobe.lab.netns import (
+    CLIENT_ADDR,
+    SERVER_ADDR,
+    check_lab_available,
+    remove_stale_namespaces,
+)
+from netprobe.lab.profiles import (
     Expectation,
     Phase,
     Profile,

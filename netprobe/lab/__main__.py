@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from .cli import configure_parser, run
+from netprobe.lab.cli import configure_parser, run
 
 
 def main() -> int:

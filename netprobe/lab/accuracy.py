@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .link import LinkConfig
-from .linklab import LinkLab
-from .profiles import Profile
+from netprobe.lab.link import LinkConfig
+from netprobe.lab.linklab import LinkLab
+from netprobe.lab.profiles import Profile
 
 PORT = 8765
 NETPROBE = (sys.executable, "-m", "netprobe")

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from netprobe.errors import ConfigError
-
-from .errors import LabError
-from .linklab import LinkLab, run_command
-from .netns import check_lab_available, remove_stale_namespaces
-from .profiles import default_profiles_path, describe_profiles, load_profile
+from netprobe.lab.errors import LabError
+from netprobe.lab.linklab import LinkLab, run_command
+from netprobe.lab.netns import check_lab_available, remove_stale_namespaces
+from netprobe.lab.profiles import default_profiles_path, describe_profiles, load_profile
 
 EXIT_CONFIG = 2
 """Bad profiles file, unknown profile, or nothing to run."""

@@ -24,9 +24,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from .errors import LabError
-from .link import Link, LinkStats
-from .profiles import Phase, Profile
+from netprobe.lab.errors import LabError
+from netprobe.lab.link import Link, LinkStats
+from netprobe.lab.profiles import Phase, Profile
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
-from .errors import LabError
-from .forwarder import Forwarder, LabStats
-from .netns import LabNetwork, netns_exec_argv
-from .profiles import PROJECT_ROOT, Profile
+from netprobe.lab.errors import LabError
+from netprobe.lab.forwarder import Forwarder, LabStats
+from netprobe.lab.netns import LabNetwork, netns_exec_argv
+from netprobe.lab.profiles import PROJECT_ROOT, Profile
 
 logger = logging.getLogger(__name__)
 

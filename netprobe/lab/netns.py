@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .errors import LabError, LabUnavailable
+from netprobe.lab.errors import LabError, LabUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from netprobe.errors import ConfigError
-
-from .link import GilbertElliott, LinkConfig
+from netprobe.lab.link import GilbertElliott, LinkConfig
 
 #: The project root when running from the source tree (``netprobe/lab/profiles.py`` → root).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

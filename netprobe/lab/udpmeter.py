@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .linklab import LinkLab, Side
+    from netprobe.lab.linklab import LinkLab, Side
 
 _HEADER = struct.Struct("!Id")  # sequence number, send time (monotonic seconds)
 IP_UDP_OVERHEAD = 28

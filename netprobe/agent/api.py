@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .errors import NetprobeError
+from netprobe.errors import NetprobeError
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from netprobe.agent.runtime import Agent
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from netprobe.errors import ProtocolError
 
 MAGIC = b"NP"
 VERSION = 2

@@ -26,12 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .classify import UNKNOWN, Reason, Verdict
-from .config import Settings, load_settings
-from .errors import ConfigError, NetprobeError
-from .metrics import DirectionMetrics, LinkMetrics
-from .monitor import (
+from netprobe import __version__
+from netprobe.agent.passive import PassiveSampler, PassiveState
+from netprobe.agent.worker import IsolatedMonitorLink, run_check_isolated
+from netprobe.config import Settings, load_settings
+from netprobe.core.classify import UNKNOWN, Reason, Verdict
+from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.monitor import (
     Hysteresis,
     HysteresisSettings,
     ProbeWindow,
@@ -39,9 +40,8 @@ from .monitor import (
     passive_verdict,
     window_verdict,
 )
-from .passive import PassiveSampler, PassiveState
-from .result import CheckResult
-from .worker import IsolatedMonitorLink, run_check_isolated
+from netprobe.core.result import CheckResult
+from netprobe.errors import ConfigError, NetprobeError
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> int:
-        from .agent_api import AgentApi
+        from netprobe.agent.api import AgentApi
 
         api = AgentApi(self)
         await api.start()

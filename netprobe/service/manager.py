@@ -9,7 +9,7 @@
 
 The service is built in three layers, in this order:
 
-- **Pure** (no I/O), in `netprobe.service_files`: `ServiceSpec` says what to run;
+- **Pure** (no I/O), in `netprobe.service.files`: `ServiceSpec` says what to run;
   `render_systemd_unit`, `render_launchd_plist`, `render_windows_task_xml` and `unit_path` turn
   it into a file and its place; `plan_install` / `plan_uninstall` turn it into `Step`s (write
   this file, run this command), given the facts the I/O layer found (what is installed,
@@ -42,13 +42,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 from typing import Any
 
+from netprobe.errors import ConfigError, NetprobeError
+
 # The functions of the pure layer are called as `files.NAME` (looked up at call time), so that
 # a test that replaces one of them, or a setting such as `files.SYSTEMD_SYSTEM_DIR`, in
-# `netprobe.service_files` reaches the plans built there and this module alike.
-from . import service_files as files
-from .errors import ConfigError, NetprobeError
-from .service_files import _WINDOWS_ENV_REF_RE as _WINDOWS_ENV_REF_RE  # used by tests
-from .service_files import (  # re-exported: `netprobe.service` is the public entry point
+# `netprobe.service.files` reaches the plans built there and this module alike.
+from netprobe.service import files
+from netprobe.service.files import _WINDOWS_ENV_REF_RE as _WINDOWS_ENV_REF_RE  # used by tests
+from netprobe.service.files import (  # re-exported
     AGENT_CONFIG_EXIT,
     DEFAULT_DESCRIPTION,
     DEFAULT_NAME,
@@ -83,7 +84,7 @@ from .service_files import (  # re-exported: `netprobe.service` is the public en
     unit_path,
     windows_arguments,
 )
-from .service_files import _host_or_none as _host_or_none  # used by tests
+from netprobe.service.files import _host_or_none as _host_or_none  # used by tests
 
 __all__ = [
     "AGENT_CONFIG_EXIT", "DEFAULT_DESCRIPTION", "DEFAULT_NAME", "EXIT_CONFIG", "EXIT_FAILED",
@@ -400,7 +401,7 @@ class ServiceStatus:
     """How to read the agent's logs."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": "netprobe.service-status/1", "platform": self.platform,
+        return {"schema": "netprobe.service.manager-status/1", "platform": self.platform,
                 "name": self.name, "scope": self.scope, "path": str(self.path),
                 "installed": self.installed, "running": self.running, "state": self.state,
                 "pid": self.pid, "detail": self.detail, "logs": self.logs}

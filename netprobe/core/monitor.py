@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from .classify import (
+from netprobe.core.classify import (
     AUDIO_ONLY,
     PHONE,
     UNKNOWN,
@@ -25,10 +25,10 @@ from .classify import (
     classify,
     format_mbps,
 )
-from .emodel import estimate_audio_quality
-from .measure import JitterEstimator, percentile, wilson_interval
-from .metrics import DirectionMetrics, LinkMetrics
-from .wire import Echo
+from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.measure import JitterEstimator, percentile, wilson_interval
+from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.wire import Echo
 
 #: Fewest echoes in a window for it to say anything (a very lossy link returns few: their
 #: sequence gaps still tell the loss).

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
-from .metrics import DirectionMetrics
-from .result import CheckResult
-from .session import Progress
+from netprobe.core.classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
+from netprobe.core.metrics import DirectionMetrics
+from netprobe.core.result import CheckResult
+from netprobe.core.session import Progress
 
 VERDICT_LINES = {
     VIDEO: "Your connection is ready for a video session.",

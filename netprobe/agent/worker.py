@@ -3,7 +3,7 @@
 The agent runs for weeks on a session machine. The WebRTC stack (aiortc, and PyAV with its
 FFmpeg libraries) is about half of a Python process's memory, so the agent keeps it out of its
 own process: each check, and each session's monitoring stream, runs in a child
-(`python -m netprobe.worker`) that exits when its job is done. Idle, the agent holds only its
+(`python -m netprobe.agent.worker`) that exits when its job is done. Idle, the agent holds only its
 API, its logs and psutil.
 
 The child speaks over its stdin and stdout in frames: a 4-byte big-endian length, then a
@@ -31,9 +31,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from .config import Settings
-from .errors import ConnectFailed, NetprobeError
-from .result import CheckResult
+from netprobe.config import Settings
+from netprobe.core.result import CheckResult
+from netprobe.errors import ConnectFailed, NetprobeError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ STOP_GRACE_S = 5.0
 #: stderr lines of a child kept to explain a failure.
 STDERR_LINES = 20
 #: How the child is started, after the interpreter.
-_WORKER_ARGS = ("-m", "netprobe.worker")
+_WORKER_ARGS = ("-m", "netprobe.agent.worker")
 
 
 def encode_frame(obj: object) -> bytes:
@@ -257,8 +257,8 @@ def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop,
 
 
 async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> None:
-    from .probe import MonitorLink, run_check
-    from .rtc import LOOPBACK, is_loopback_url, restrict_host_candidates
+    from netprobe.webrtc.client import MonitorLink, run_check
+    from netprobe.webrtc.engine import LOOPBACK, is_loopback_url, restrict_host_candidates
 
     kind, url, settings = request[0], request[1], request[2]
     if is_loopback_url(url):

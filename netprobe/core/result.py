@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .classify import Verdict
-from .metrics import LinkMetrics
+from netprobe.core.classify import Verdict
+from netprobe.core.metrics import LinkMetrics
 
 SCHEMA = "netprobe.check/1"
 

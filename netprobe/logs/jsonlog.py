@@ -4,7 +4,7 @@ Library code only does ``logger = logging.getLogger(__name__)`` and, for the eve
 staff read, ``logger.info("...", extra={"event": "check_finished", "verdict": ...})``. Only the
 CLI and the service call `setup_json_logging`, which puts a `RotatingJsonFileHandler` (or, with
 no path, a JSON stream handler) on the root logger. The line format, the redaction rule (applied
-by `netprobe.redact`), rotation and the stable event names (`EVENTS`) are documented in
+by `netprobe.logs.redact`), rotation and the stable event names (`EVENTS`) are documented in
 docs/log-format.md.
 """
 
@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, Final, TextIO
 
-# Redaction lives in netprobe.redact; the names that were defined here stay importable.
-from .redact import HOST_TOKEN as HOST_TOKEN
-from .redact import IP_TOKEN as IP_TOKEN
-from .redact import USER_TOKEN as USER_TOKEN
-from .redact import Redactor
-from .redact import _this_machine as _this_machine  # used by tests
-from .redact import redact_addresses as redact_addresses
+# Redaction lives in netprobe.logs.redact; the names that were defined here stay importable.
+from netprobe.logs.redact import HOST_TOKEN as HOST_TOKEN
+from netprobe.logs.redact import IP_TOKEN as IP_TOKEN
+from netprobe.logs.redact import USER_TOKEN as USER_TOKEN
+from netprobe.logs.redact import Redactor
+from netprobe.logs.redact import _this_machine as _this_machine  # used by tests
+from netprobe.logs.redact import redact_addresses as redact_addresses
 
 __all__ = [
     "EVENTS",

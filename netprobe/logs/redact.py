@@ -3,7 +3,7 @@
 `Redactor.redact` replaces every IPv4/IPv6 address with ``<ip>``, this machine's host names
 with ``<host>``, the user's names with ``<user>`` and their home directory with ``~``
 (`redact_addresses` does the addresses alone). The rule is spelled out in docs/log-format.md,
-"Privacy"; `netprobe.jsonlog` applies it to every string of a log line.
+"Privacy"; `netprobe.logs.jsonlog` applies it to every string of a log line.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The pure part of ``netprobe service``: what the service files say and where they go.
 
-No file or process I/O here (`netprobe.service` does that, and holds the CLI):
+No file or process I/O here (`netprobe.service.manager` does that, and holds the CLI):
 
 - `ServiceSpec` says what to run; `check_spec` / `check_name` refuse what a platform cannot
   express safely.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, Literal, get_args
 
-from .errors import ConfigError, NetprobeError
+from netprobe.errors import ConfigError, NetprobeError
 
 Platform = Literal["linux", "darwin", "windows"]
 Scope = Literal["system", "user"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.metrics import DirectionMetrics, LinkMetrics
 
 VIDEO = "video"
 AUDIO_ONLY = "audio_only"

@@ -35,7 +35,7 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from .config import IceServer
+from netprobe.config import IceServer
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .measure import LOAD_OVERHEAD_BYTES, delivered_kbps
-from .wire import LOAD_MAX_SIZE
+from netprobe.core.measure import LOAD_OVERHEAD_BYTES, delivered_kbps
+from netprobe.core.wire import LOAD_MAX_SIZE
 
 MIN_PAYLOAD = 60
 #: After a rung that saturated the link, its queue takes a while to drain: probes sent this

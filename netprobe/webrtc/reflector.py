@@ -19,12 +19,10 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from .config import ReflectorSettings
-from .errors import ProtocolError
-from .measure import LOAD_OVERHEAD_BYTES
-from .responder import Responder
-from .rtc import Pacer, PacketTrack, create_peer_connection, install_tap
-from .wire import (
+from netprobe.config import ReflectorSettings
+from netprobe.core.measure import LOAD_OVERHEAD_BYTES
+from netprobe.core.responder import Responder
+from netprobe.core.wire import (
     TYPE_LOAD,
     TYPE_PROBE,
     decode_load,
@@ -33,6 +31,8 @@ from .wire import (
     encode_load,
     packet_type,
 )
+from netprobe.errors import ProtocolError
+from netprobe.webrtc.engine import Pacer, PacketTrack, create_peer_connection, install_tap
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Settings, load_settings
-from .errors import ConfigError, NetprobeError
+from netprobe.config import Settings, load_settings
+from netprobe.errors import ConfigError, NetprobeError
 
 EXIT_USAGE = 2
 
@@ -69,11 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
     agent.set_defaults(func=_cmd_agent)
 
-    from . import service
+    from netprobe.service import manager as service
 
     service.add_parser(sub)
     try:
-        from .lab import cli as lab_cli
+        from netprobe.lab import cli as lab_cli
     except ImportError:  # pragma: no cover - the lab is optional
         pass
     else:
@@ -107,7 +107,7 @@ class _ProgressLine:
     def __call__(self, p: object) -> None:
         if not self.enabled:
             return
-        from .report import render_progress
+        from netprobe.cli.report import render_progress
 
         text = render_progress(p)  # type: ignore[arg-type]
         sys.stderr.write("\r" + text.ljust(self._width))
@@ -121,9 +121,9 @@ class _ProgressLine:
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from .probe import run_check
-    from .report import EXIT_CODES, render_text
-    from .rtc import LOOPBACK, is_loopback_url, restrict_host_candidates
+    from netprobe.cli.report import EXIT_CODES, render_text
+    from netprobe.webrtc.client import run_check
+    from netprobe.webrtc.engine import LOOPBACK, is_loopback_url, restrict_host_candidates
 
     if args.max_duration is not None:
         if args.max_duration < 2:
@@ -134,7 +134,7 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main() -> object:
         if args.local:
-            from .reflector import Reflector
+            from netprobe.webrtc.reflector import Reflector
 
             restrict_host_candidates(LOOPBACK)
             reflector = Reflector(replace(settings.reflector, host="127.0.0.1", port=0))
@@ -159,8 +159,8 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .reflector import Reflector
-    from .rtc import restrict_host_candidates
+    from netprobe.webrtc.engine import restrict_host_candidates
+    from netprobe.webrtc.reflector import Reflector
 
     r = settings.reflector
     r = replace(
@@ -204,8 +204,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
-    from . import jsonlog
-    from .agent import Agent
+    from netprobe.agent.runtime import Agent
+    from netprobe.logs import jsonlog
 
     if args.api_port is not None and not 0 < args.api_port < 65536:
         raise ConfigError("--api-port must be 1-65535")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .measure import JitterEstimator, RungArrivals, SequenceTracker
-from .wire import NO_RUNG, Echo, Load, Probe, RungReport
+from netprobe.core.measure import JitterEstimator, RungArrivals, SequenceTracker
+from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport
 
 #: A probe counts as lost only once this many later probes have arrived: a probe that is
 #: merely overtaken (reordering, jitter) must not count as lost, then found.

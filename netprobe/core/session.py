@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .classify import VIDEO, Thresholds, classify
-from .config import ProbeSettings
-from .emodel import estimate_audio_quality
-from .ladder import Ladder, Rung, RungObservation, make_ladder
-from .measure import (
+from netprobe.config import ProbeSettings
+from netprobe.core.classify import VIDEO, Thresholds, classify
+from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.ladder import Ladder, Rung, RungObservation, make_ladder
+from netprobe.core.measure import (
     PROBE_OVERHEAD_BYTES,
     JitterEstimator,
     RungArrivals,
@@ -27,8 +27,8 @@ from .measure import (
     percentile,
     wilson_interval,
 )
-from .metrics import DirectionMetrics, LinkMetrics
-from .wire import NO_RUNG, Echo, Load, Probe, RungReport
+from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport
 
 BIG_KBPS = 1e9
 #: A finite stand-in for "could be anything" in the pessimistic bounds (ms).

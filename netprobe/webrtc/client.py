@@ -16,14 +16,12 @@ from typing import Any
 import aiohttp
 from aiortc import RTCSessionDescription
 
-from .classify import UNKNOWN, Reason, Verdict, classify
-from .config import Settings
-from .errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
-from .metrics import LinkMetrics
-from .result import CheckResult
-from .rtc import Pacer, PacketTrack, create_peer_connection, install_tap, prefer_test_codecs
-from .session import ClientSession, Progress
-from .wire import (
+from netprobe.config import Settings
+from netprobe.core.classify import UNKNOWN, Reason, Verdict, classify
+from netprobe.core.metrics import LinkMetrics
+from netprobe.core.result import CheckResult
+from netprobe.core.session import ClientSession, Progress
+from netprobe.core.wire import (
     TYPE_ECHO,
     TYPE_LOAD,
     Probe,
@@ -32,6 +30,14 @@ from .wire import (
     encode_load,
     encode_probe,
     packet_type,
+)
+from netprobe.errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
+from netprobe.webrtc.engine import (
+    Pacer,
+    PacketTrack,
+    create_peer_connection,
+    install_tap,
+    prefer_test_codecs,
 )
 
 logger = logging.getLogger(__name__)

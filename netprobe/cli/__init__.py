@@ -1,0 +1,2 @@
+"""The command line: argument parsing, commands and the text report for a person.
+"""

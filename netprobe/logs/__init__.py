@@ -1,0 +1,2 @@
+"""JSON-lines logs and the redaction that keeps addresses and names out of them.
+"""

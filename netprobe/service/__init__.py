@@ -1,0 +1,2 @@
+"""Installing the agent as a service: one backend per platform behind one interface.
+"""
