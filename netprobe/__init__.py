@@ -29,7 +29,7 @@ _EXPORTS = {
     "run_check": "webrtc.client",
     "CheckResult": "core.result",
     "Reflector": "webrtc.reflector",
-    "Agent": "agent.runtime",
+    "Agent": "agent.app",
     "classify": "core.classify",
     "Verdict": "core.classify",
     "Reason": "core.classify",
@@ -87,7 +87,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from netprobe.agent.runtime import Agent
+    from netprobe.agent.app import Agent
     from netprobe.config import (
         AgentSettings,
         PrivacySettings,

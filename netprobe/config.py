@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from netprobe.core.classify import AudioThresholds, Thresholds, VideoThresholds
 from netprobe.errors import ConfigError
@@ -25,9 +26,12 @@ from netprobe.errors import ConfigError
 @dataclass(frozen=True)
 class IceServer:
     urls: str
-    """A `stun:`, `turn:` or `turns:` URL."""
+    """A `stun:`, `turn:` or `turns:` URL: `scheme:host[:port][?transport=udp|tcp]` (checked at
+    load, as aioice parses it: no `//`, no IPv6 literal, `turns:` is TCP only)."""
     username: str | None = None
+    """TURN only (required there)."""
     credential: str | None = None
+    """TURN only (required there)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -209,67 +215,152 @@ def _numbers(value: Any) -> list[float]:
 
 
 def _validate(obj: Any, where: str) -> None:
+    problem = _problem(obj)
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(f"{where}.{key}: {message}")
+
+
+def server_url_problem(url: str) -> str | None:
+    """Why `url` is not a reflector URL (http:// or https://, a host, a port 1-65535), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError if not 0-65535
+    except ValueError as exc:
+        return f"{url!r} is not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return (f"{url!r} must be an http:// or https:// URL, "
+                "e.g. http://reflector.example:8765")
+    return None
+
+
+def override(section: Any, flag: str, **changes: Any) -> Any:
+    """`section` (a settings dataclass) with `changes` from command-line `flag`, checked as a
+    file's values are; a bad value raises `ConfigError` naming the flag."""
+    changed = dataclasses.replace(section, **changes)
+    problem = _problem(changed)
+    if problem is not None:
+        raise ConfigError(f"{flag}: {problem[1]}")
+    return changed
+
+
+_ICE_HOST = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def ice_url_problem(url: str) -> str | None:
+    """Why aioice would reject or silently ignore the ICE server `url`, or None if it is good."""
+    scheme, colon, rest = url.partition(":")
+    if scheme == "stuns":
+        return f"{url!r}: stuns: is not supported (aioice has no STUN over TLS); use stun:"
+    if not colon or scheme not in ("stun", "turn", "turns"):
+        return f"{url!r} must start with stun:, turn: or turns:"
+    if rest.startswith("//"):
+        return f"{url!r}: write {scheme}:host[:port], without //"
+    hostport, question, query = rest.partition("?")
+    if hostport.startswith("["):
+        return f"{url!r}: an IPv6 address is not supported here (aioice); use a host name"
+    host, colon, port = hostport.partition(":")
+    if not _ICE_HOST.fullmatch(host):
+        return f"{url!r}: give a host name or IPv4 address after {scheme}:"
+    if colon and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"{url!r}: the port must be 1-65535"
+    if question:
+        if scheme == "stun":
+            return f"{url!r}: a stun: URL takes no ?transport="
+        allowed = ("tcp",) if scheme == "turns" else ("udp", "tcp")
+        if query not in {f"transport={t}" for t in allowed}:
+            return f"{url!r}: the only option is ?transport={' or '.join(allowed)}"
+    return None
+
+
+def _problem(obj: Any) -> tuple[str, str] | None:
+    """The first bad value of settings dataclass `obj`: (key, reason), or None."""
     for f in dataclasses.fields(obj):
         for value in _numbers(getattr(obj, f.name)):
             if not math.isfinite(value):
-                raise ConfigError(f"{where}.{f.name}: must be a finite number, got {value}")
+                return f.name, f"must be a finite number, got {value}"
             if value < 0:
-                raise ConfigError(f"{where}.{f.name}: must not be negative, got {value}")
-
-    def need(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{where}.{key}: {message}")
-
+                return f.name, f"must not be negative, got {value}"
+    checks: list[tuple[bool, str, str]] = []
+    if isinstance(obj, ProbeSettings | ReflectorSettings):
+        kinds = [s.urls.partition(":")[0].rstrip("s") for s in obj.ice_servers]
+        checks.append((kinds.count("stun") <= 1 and kinds.count("turn") <= 1, "ice_servers",
+                       "give at most one stun: and one turn:/turns: server (aioice uses only "
+                       "the first of each)"))
+    if isinstance(obj, IceServer):
+        url_problem = ice_url_problem(obj.urls)
+        turn = obj.urls.startswith("turn")
+        checks += [
+            (url_problem is None, "urls", url_problem or ""),
+            (not turn or bool(obj.username), "username", "a turn: or turns: server needs one"),
+            (not turn or bool(obj.credential), "credential",
+             "a turn: or turns: server needs one"),
+        ]
     if isinstance(obj, ProbeSettings):
         rates = list(obj.ladder_kbps)
-        need(bool(rates) and all(r > 0 for r in rates)
+        checks += [
+            (bool(rates) and all(r > 0 for r in rates)
              and all(a < b for a, b in zip(rates, rates[1:], strict=False)),
-             "ladder_kbps", "give at least one rate above 0, each higher than the last")
-        need(obj.max_duration_s >= 2, "max_duration_s", "must be at least 2 seconds")
-        need(obj.connect_timeout_s > 0, "connect_timeout_s", "must be above 0")
-        need(obj.probe_interval_ms >= 5, "probe_interval_ms", "must be at least 5")
-        need(0.1 <= obj.rung_duration_s <= 30, "rung_duration_s", "must be 0.1-30 seconds")
-        need(obj.rung_pps > 0, "rung_pps", "must be above 0")
-        need(0 < obj.pass_ratio <= 1, "pass_ratio", "must be above 0 and at most 1")
-        need(obj.probe_size <= 1000, "probe_size", "must be at most 1000 bytes")
+             "ladder_kbps", "give at least one rate above 0, each higher than the last"),
+            (obj.max_duration_s >= 2, "max_duration_s", "must be at least 2 seconds"),
+            (obj.connect_timeout_s > 0, "connect_timeout_s", "must be above 0"),
+            (obj.probe_interval_ms >= 5, "probe_interval_ms", "must be at least 5"),
+            (0.1 <= obj.rung_duration_s <= 30, "rung_duration_s", "must be 0.1-30 seconds"),
+            (obj.rung_pps > 0, "rung_pps", "must be above 0"),
+            (0 < obj.pass_ratio <= 1, "pass_ratio", "must be above 0 and at most 1"),
+            (obj.probe_size <= 1000, "probe_size", "must be at most 1000 bytes"),
+        ]
     if isinstance(obj, ReflectorSettings):
-        need(0 < obj.port < 65536, "port", f"must be 1-65535, got {obj.port}")
-        need(obj.max_sessions >= 1, "max_sessions", "must be at least 1")
-        need(obj.session_timeout_s > 0, "session_timeout_s", "must be above 0")
-        need(obj.max_body_bytes >= 4096, "max_body_bytes", "must be at least 4096")
+        checks += [
+            (bool(obj.host.strip()), "host",
+             "give an address to listen on (127.0.0.1, or 0.0.0.0 for every interface)"),
+            (0 < obj.port < 65536, "port", f"must be 1-65535, got {obj.port}"),
+            (obj.max_sessions >= 1, "max_sessions", "must be at least 1"),
+            (obj.session_timeout_s > 0, "session_timeout_s", "must be above 0"),
+            (obj.max_body_bytes >= 4096, "max_body_bytes", "must be at least 4096"),
+            (obj.monitor_timeout_s > 0, "monitor_timeout_s", "must be above 0"),
+        ]
     if isinstance(obj, AgentSettings):
-        need(0 < obj.api_port < 65536, "api_port", f"must be 1-65535, got {obj.api_port}")
-        need(obj.api_host in ("127.0.0.1", "::1", "localhost"), "api_host",
-             "the local API binds to loopback only (127.0.0.1, ::1 or localhost)")
-        need(obj.idle_interval_s >= 10, "idle_interval_s", "must be at least 10 seconds")
-        need(0 <= obj.idle_jitter < 1, "idle_jitter", "must be at least 0 and below 1")
-        need(obj.monitor_probe_interval_ms >= 10, "monitor_probe_interval_ms",
-             "must be at least 10")
-        need(obj.window_s >= 1, "window_s", "must be at least 1 second")
-        need(obj.step_down_after >= 1, "step_down_after", "must be at least 1")
-        need(obj.backoff_min_s > 0 and obj.backoff_max_s >= obj.backoff_min_s,
-             "backoff_max_s", "must be at least backoff_min_s, which must be above 0")
-        need(0 < obj.cpu_limit_pct <= 100, "cpu_limit_pct", "must be 1-100")
-        need(obj.max_session_s == 0 or obj.max_session_s >= 60, "max_session_s",
-             "must be 0 (no limit) or at least 60 seconds")
-        for origin in obj.cors_origins:
-            need(origin.startswith(("http://", "https://")) and origin.count("/") == 2,
-                 "cors_origins", f"{origin!r} is not an origin like https://host[:port]")
+        checks += [
+            (0 < obj.api_port < 65536, "api_port", f"must be 1-65535, got {obj.api_port}"),
+            (obj.api_host in ("127.0.0.1", "::1", "localhost"), "api_host",
+             "the local API binds to loopback only (127.0.0.1, ::1 or localhost)"),
+            (obj.idle_interval_s >= 10, "idle_interval_s", "must be at least 10 seconds"),
+            (0 <= obj.idle_jitter < 1, "idle_jitter", "must be at least 0 and below 1"),
+            (obj.monitor_probe_interval_ms >= 10, "monitor_probe_interval_ms",
+             "must be at least 10"),
+            (obj.window_s >= 1, "window_s", "must be at least 1 second"),
+            (obj.step_down_after >= 1, "step_down_after", "must be at least 1"),
+            (obj.backoff_min_s > 0, "backoff_min_s", "must be above 0"),
+            (obj.backoff_max_s >= obj.backoff_min_s, "backoff_max_s",
+             "must be at least backoff_min_s"),
+            (0 < obj.cpu_limit_pct <= 100, "cpu_limit_pct", "must be 1-100"),
+            (obj.max_session_s == 0 or obj.max_session_s >= 60, "max_session_s",
+             "must be 0 (no limit) or at least 60 seconds"),
+        ]
+        checks += [(origin.startswith(("http://", "https://")) and origin.count("/") == 2,
+                    "cors_origins", f"{origin!r} is not an origin like https://host[:port]")
+                   for origin in obj.cors_origins]
         if obj.server:
-            need(obj.server.startswith(("http://", "https://")), "server",
-                 "must be an http:// or https:// URL")
+            problem = server_url_problem(obj.server)
+            checks.append((problem is None, "server", problem or ""))
     if isinstance(obj, VideoThresholds):
-        need(obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps")
-        need(obj.good_loss_pct <= obj.max_loss_pct, "good_loss_pct",
-             "must not be above max_loss_pct")
-        need(obj.max_loss_pct <= 100, "max_loss_pct", "must be a percentage (0-100)")
-        need(obj.good_rtt_ms <= obj.max_rtt_ms, "good_rtt_ms", "must not be above max_rtt_ms")
-        need(obj.good_jitter_ms <= obj.max_jitter_ms, "good_jitter_ms",
-             "must not be above max_jitter_ms")
+        checks += [
+            (obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps"),
+            (obj.good_loss_pct <= obj.max_loss_pct, "good_loss_pct",
+             "must not be above max_loss_pct"),
+            (obj.max_loss_pct <= 100, "max_loss_pct", "must be a percentage (0-100)"),
+            (obj.good_rtt_ms <= obj.max_rtt_ms, "good_rtt_ms", "must not be above max_rtt_ms"),
+            (obj.good_jitter_ms <= obj.max_jitter_ms, "good_jitter_ms",
+             "must not be above max_jitter_ms"),
+        ]
     if isinstance(obj, AudioThresholds):
-        need(obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps")
-        need(1 <= obj.min_mos < 4.5, "min_mos", "must be at least 1 and below 4.5")
-        need(obj.min_mos <= obj.good_mos <= 4.5, "good_mos", "must be min_mos-4.5")
+        checks += [
+            (obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps"),
+            (1 <= obj.min_mos < 4.5, "min_mos", "must be at least 1 and below 4.5"),
+            (obj.min_mos <= obj.good_mos <= 4.5, "good_mos", "must be min_mos-4.5"),
+        ]
+    return next(((key, message) for ok, key, message in checks if not ok), None)
 
 
 def load_thresholds(path: Path | None = None) -> Thresholds:

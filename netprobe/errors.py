@@ -2,6 +2,17 @@
 
 Errors from aiortc, aiohttp and the operating system are translated into these at the
 boundary (the adapters and the CLI), so a caller only ever has to catch `NetprobeError`.
+The link lab's errors (`netprobe.lab.errors.LabError`, `LabUnavailable`) are part of the tree.
+
+    NetprobeError
+    ├── ConfigError          a bad config file, option or flag (exit 2)
+    ├── CannotListen         a server could not listen on its address
+    ├── ServerUnreachable    the reflector could not be reached or refused the probe
+    │   └── ServerBusy       ... because it is at its limit of sessions (HTTP 503)
+    ├── ProtocolError        the peer broke the signalling or probe protocol
+    ├── ConnectFailed        the WebRTC connection could not be established
+    └── LabError             (netprobe.lab.errors) the link lab could not be set up or run
+        └── LabUnavailable   this machine cannot run the lab (exit 3)
 """
 
 
@@ -11,6 +22,11 @@ class NetprobeError(Exception):
 
 class ConfigError(NetprobeError):
     """A configuration file or option is invalid. The message names the file, key and reason."""
+
+
+class CannotListen(NetprobeError):
+    """A server (the reflector) could not listen on its address: the port is in use, the
+    address is not this machine's, or the name does not resolve. The message says which."""
 
 
 class ServerUnreachable(NetprobeError):

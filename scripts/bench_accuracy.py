@@ -7,20 +7,21 @@ For each profile of config/lab-profiles.toml that has an expectation (and no mid
 runs a real check over the link lab and prints: profile, expected verdict(s), the verdict got,
 time to verdict (from starting the check process), and measured/true RTT, loss and throughput
 per direction; then a summary line. Needs root and /dev/net/tun (the link lab).
-Exit status 1 if any verdict is wrong or a figure is out of tolerance.
+Exit status 1 if any verdict is wrong, a figure is out of tolerance or a verdict takes over
+15 s; 3 if the lab cannot run here; 130 if stopped by Ctrl-C or SIGTERM (after the summary
+of the runs so far).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netprobe.lab import check_lab_available, load_profiles  # noqa: E402
+from netprobe.bench import kit as benchkit  # noqa: E402
+from netprobe.lab import load_profiles  # noqa: E402
 from netprobe.lab.accuracy import (  # noqa: E402
     HEADER,
     AccuracyRow,
@@ -29,39 +30,47 @@ from netprobe.lab.accuracy import (  # noqa: E402
     judged_profiles,
 )
 
+MAX_WALL_S = 15.0
+"""Time to verdict the issue allows (from starting the check process)."""
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+
+def main() -> int:
+    parser = benchkit.parser(__doc__)
     parser.add_argument("--profile", action="append", help="only these profiles")
     parser.add_argument("--repeat", type=int, default=1, help="runs per profile")
     args = parser.parse_args()
-    reason = check_lab_available()
-    if reason:
-        print(f"bench_accuracy: {reason}", file=sys.stderr)
-        return 3
     profiles = judged_profiles(load_profiles())
     if args.profile:
+        unknown = set(args.profile) - {p.name for p in profiles}
+        if unknown:
+            parser.error(f"--profile: no judged profile {', '.join(sorted(unknown))}")
         profiles = [p for p in profiles if p.name in args.profile]
     rows: list[AccuracyRow] = []
-    print(HEADER)
-    for profile in profiles:
-        for _ in range(args.repeat):
-            row = await check_on_profile(profile)
-            rows.append(row)
-            print(format_row(row), flush=True)
-    if not rows:
-        return 0
-    walls = [r.wall_s for r in rows]
-    wrong = [r for r in rows if not r.verdict_ok]
-    bad_video = [r for r in rows if r.verdict == "video" and "video" not in r.expected]
-    figures = [r for r in rows if r.verdict_ok and not r.ok]
-    print(f"\nverdicts right: {len(rows) - len(wrong)}/{len(rows)}; video on a link that "
-          f"cannot hold it: {len(bad_video)}; time to verdict: median "
-          f"{statistics.median(walls):.1f} s, max {max(walls):.1f} s "
-          f"({max(rows, key=lambda r: r.wall_s).profile}); figures out of tolerance: "
-          f"{len(figures)} run(s)")
-    return 1 if wrong or bad_video or figures or max(walls) > 15 else 0
+
+    async def measure() -> None:
+        print(HEADER)
+        for profile in profiles:
+            for _ in range(args.repeat):
+                row = await check_on_profile(profile)
+                rows.append(row)
+                print(format_row(row), flush=True)
+
+    def report() -> int:
+        if not rows:
+            return 0
+        walls = [r.wall_s for r in rows]
+        wrong = [r for r in rows if not r.verdict_ok]
+        bad_video = [r for r in rows if r.verdict == "video" and "video" not in r.expected]
+        figures = [r for r in rows if r.verdict_ok and not r.ok]
+        print(f"\nverdicts right: {len(rows) - len(wrong)}/{len(rows)}; video on a link that "
+              f"cannot hold it: {len(bad_video)}; time to verdict: median "
+              f"{statistics.median(walls):.1f} s, max {max(walls):.1f} s "
+              f"({max(rows, key=lambda r: r.wall_s).profile}); figures out of tolerance: "
+              f"{len(figures)} run(s)")
+        return 1 if wrong or bad_video or figures or max(walls) > MAX_WALL_S else 0
+
+    return benchkit.run("bench_accuracy", measure, report, needs_lab=True)
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -1,16 +1,34 @@
-"""Shared fixtures: a real reflector on loopback, and ICE restricted to loopback."""
+"""Shared fixtures: a real reflector on loopback, ICE restricted to loopback, and where the
+mahimahi traces are."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import aioice.ice
 import pytest
 
 from netprobe.config import ReflectorSettings, Settings, load_settings
 from netprobe.webrtc.reflector import Reflector
+
+#: The project root: the directory holding tests/ (not wherever netprobe is installed).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def traces_dir() -> Path:
+    """The mahimahi traces: $NETPROBE_TRACES, else ../shared/traces from the project root. They
+    are test data the suite needs: their absence fails the tests that use them, never skips."""
+    override = os.environ.get("NETPROBE_TRACES")
+    path = Path(override) if override else PROJECT_ROOT.parent / "shared" / "traces"
+    if not (path / "Verizon-LTE-short.up").is_file():
+        pytest.fail(f"the mahimahi traces are not in {path}: put a copy of shared/ beside the "
+                    "project, or set NETPROBE_TRACES to the directory that holds them")
+    return path
 
 
 @pytest.fixture

@@ -81,6 +81,53 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     assert "Traceback" not in proc.stderr
 
 
+# Every flag with a value a user could mistype, and what the message must name. None of these
+# may start anything: each is refused before a socket is opened.
+BAD_FLAGS = [
+    (("check", "--local", "--max-duration", "nan"), "--max-duration"),
+    (("check", "--local", "--max-duration", "inf"), "--max-duration"),
+    (("check", "--local", "--max-duration", "1e400"), "--max-duration"),
+    (("check", "--local", "--max-duration", "-3"), "--max-duration"),
+    (("check", "--server", "http://[::1"), "--server"),
+    (("check", "--server", "http://reflector.example:99999"), "--server"),
+    (("check", "--server", "ftp://reflector.example"), "--server"),
+    (("check", "--server", "reflector.example:8765"), "--server"),
+    (("check", "--server", ""), "--server"),
+    (("serve", "--port", "0"), "--port"),
+    (("serve", "--port", "-1"), "--port"),
+    (("serve", "--port", "http"), "--port"),
+    (("serve", "--host", ""), "--host"),
+    (("serve", "--max-sessions", "0"), "--max-sessions"),
+    (("serve", "--max-sessions", "many"), "--max-sessions"),
+    (("serve", "--session-timeout", "0"), "--session-timeout"),
+    (("serve", "--session-timeout", "-5"), "--session-timeout"),
+    (("serve", "--session-timeout", "nan"), "--session-timeout"),
+    (("serve", "--session-timeout", "inf"), "--session-timeout"),
+    (("agent", "--api-port", "70000"), "--api-port"),
+    (("agent", "--api-port", "x"), "--api-port"),
+    (("agent", "--server", "http://[::1"), "--server"),
+    (("agent", "--server", "reflector.example:8765"), "--server"),
+    (("lab", "run", "--profile", "dsl", "--server-cmd", "'unclosed", "--", "true"),
+     "--server-cmd"),
+    (("lab", "run", "--profile", "dsl", "--server-wait", "nan", "--", "true"), "--server-wait"),
+    (("lab", "run", "--profile", "dsl", "--server-wait", "-1", "--", "true"), "--server-wait"),
+    (("lab", "list", "--profiles", "/nonexistent/profiles.toml"), "/nonexistent/profiles.toml"),
+    (("service", "install", "--platform", "beos"), "--platform"),
+    (("service", "status", "--name", "a/b"), "a/b"),
+    (("--config", "/proc/self/mem", "check", "--local"), "/proc/self/mem"),
+    (("--thresholds", "/", "check", "--local"), "is a directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_a_bad_flag_value_exits_2_with_a_message_naming_it(args: tuple[str, ...],
+                                                          named: str) -> None:
+    proc = run(*args, timeout=30)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert named in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize(("content", "needle"), [
     ("[probe\nmax_duration_s = 3", "not valid TOML"),
     ("[probe]\nmax_duration_s = 'soon'", "probe.max_duration_s"),
@@ -129,4 +176,43 @@ def test_serve_port_in_use_is_a_clear_error() -> None:
         port = s.getsockname()[1]
         proc = run("serve", "--port", str(port), timeout=20)
     assert proc.returncode == 1
-    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])
+def test_serve_on_an_address_not_ours_is_a_clear_error(host: str) -> None:
+    proc = run("serve", "--host", host, "--port", str(free_port()), timeout=30)
+    assert proc.returncode == 1
+    assert f"cannot listen on {host}:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_ice_server_in_the_config_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "netprobe.toml"
+    cfg.write_text('[probe]\nice_servers = [{ urls = "stun:/stun.example.org" }]\n')
+    proc = run("--config", str(cfg), "check", "--local")
+    assert proc.returncode == 2
+    assert f"{cfg}: line 2: probe.ice_servers[0].urls:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_a_local_check_ends_it_cleanly(sig: signal.Signals) -> None:
+    # -v logs the local reflector's "probe session started": the check is then measuring.
+    env = {**CHILD_ENV, "PYTHONWARNINGS": "error::RuntimeWarning,default::ResourceWarning"}
+    check = subprocess.Popen([*NETPROBE, "-v", "check", "--local", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert check.stderr is not None
+    seen = []
+    for line in check.stderr:
+        seen.append(line)
+        if "probe session started" in line:
+            break
+    check.send_signal(sig)
+    out, err = check.communicate(timeout=20)
+    err = "".join(seen) + err
+    assert check.returncode == 130, err
+    assert out == ""  # no half a result on stdout
+    assert "check stopped before it finished" in err
+    for trouble in ("Traceback", "Task was destroyed", "ResourceWarning", "Unclosed"):
+        assert trouble not in err

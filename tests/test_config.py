@@ -3,20 +3,25 @@ every kind of bad file."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from pathlib import Path
 
 import pytest
 
 from netprobe.config import (
+    AgentSettings,
     IceServer,
     PrivacySettings,
     ProbeSettings,
     ReflectorSettings,
     Settings,
     config_dir,
+    ice_url_problem,
     load_settings,
     load_thresholds,
+    override,
 )
 from netprobe.core.classify import AudioThresholds, Thresholds, VideoThresholds
 from netprobe.errors import ConfigError, NetprobeError
@@ -64,8 +69,7 @@ def test_shipped_settings_file_shows_the_defaults() -> None:
     # config/netprobe.toml says "a missing key keeps the default shown here": the values it
     # shows must be the code's defaults, or the comment misleads.
     path = config_dir() / "netprobe.toml"
-    if not path.is_file():
-        pytest.skip("no shipped netprobe.toml")
+    assert path.is_file(), f"{path} is not shipped"
     assert load_settings(path) == Settings()
 
 
@@ -259,7 +263,7 @@ def test_unknown_section_in_thresholds(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ladder", ["[800, 300]", "[300, 1600, 800]", "[]"])
 def test_ladder_not_rising(tmp_path: Path, ladder: str) -> None:
     path, msg = settings_error(tmp_path, f"[probe]\nladder_kbps = {ladder}\n")
-    assert str(path) in msg and "probe.ladder_kbps" in msg and "rising" in msg
+    assert str(path) in msg and "probe.ladder_kbps" in msg and "higher than the last" in msg
 
 
 @pytest.mark.parametrize(
@@ -321,3 +325,134 @@ def test_nan_threshold_rejected(tmp_path: Path) -> None:
 )
 def test_inconsistent_thresholds_rejected(tmp_path: Path, text: str) -> None:
     thresholds_error(tmp_path, text)
+
+
+# ------------------------------------------------------------------------ every key, wrong type
+
+SECTIONS = {"probe": ProbeSettings, "reflector": ReflectorSettings, "privacy": PrivacySettings,
+            "agent": AgentSettings}
+# A TOML value of the wrong type for each kind of setting: what a hand-edited file gets wrong.
+WRONG_VALUE = {bool: '"yes"', int: "2.5", float: '"fast"', str: "42"}
+
+
+def wrong_value(hint: object) -> str:
+    for kind, value in WRONG_VALUE.items():
+        if hint is kind or hint == kind | None:
+            return value
+    return "{ a = 1 }"  # a list (ladder, ice_servers, cors_origins) given a table
+
+
+def every_key() -> list[tuple[str, str, str]]:
+    cases = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        cases += [(section, f.name, wrong_value(hints[f.name])) for f in dataclasses.fields(cls)]
+    return cases
+
+
+@pytest.mark.parametrize(("section", "key", "value"), every_key())
+def test_every_key_with_a_wrong_type_names_file_line_and_key(
+        tmp_path: Path, section: str, key: str, value: str) -> None:
+    path, msg = settings_error(tmp_path, f"# settings\n[{section}]\n{key} = {value}\n")
+    assert msg.startswith(f"{path}: line 3: {section}.{key}")
+    assert "expected" in msg
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    (section, f.name) for section, cls in (("video", VideoThresholds), ("audio", AudioThresholds))
+    for f in dataclasses.fields(cls)])
+def test_every_threshold_with_a_wrong_type_names_file_and_key(
+        tmp_path: Path, section: str, key: str) -> None:
+    path, msg = thresholds_error(tmp_path, f"[{section}]\n{key} = \"high\"\n")
+    assert str(path) in msg and f"{section}.{key}" in msg and "expected a number" in msg
+
+
+def test_an_unreadable_device_is_a_config_error(tmp_path: Path) -> None:
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("no /proc")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(Path("/proc/self/mem"))
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[reflector]\nhost = ""\n', "reflector.host"),  # would listen on every interface
+    ("[reflector]\nmonitor_timeout_s = 0\n", "reflector.monitor_timeout_s"),
+    ("[agent]\nbackoff_min_s = 0\n", "agent.backoff_min_s"),
+    ("[agent]\nbackoff_min_s = 10\nbackoff_max_s = 5\n", "agent.backoff_max_s"),
+])
+def test_more_values_out_of_range(tmp_path: Path, text: str, key: str) -> None:
+    path, msg = settings_error(tmp_path, text)
+    assert str(path) in msg and key in msg
+
+
+# ------------------------------------------------------------------------ ICE server URLs
+
+GOOD_ICE = [
+    '{ urls = "stun:stun.example.org" }',
+    '{ urls = "stun:192.0.2.7:3478" }',
+    '{ urls = "turn:turn.example.org:3478", username = "u", credential = "p" }',
+    '{ urls = "turn:turn.example.org?transport=tcp", username = "u", credential = "p" }',
+    '{ urls = "turns:turn.example.org:5349?transport=tcp", username = "u", credential = "p" }',
+]
+
+
+@pytest.mark.parametrize("server", GOOD_ICE)
+@pytest.mark.parametrize("section", ["probe", "reflector"])
+def test_good_ice_servers_load(tmp_path: Path, section: str, server: str) -> None:
+    s = load_settings(write(tmp_path, f"[{section}]\nice_servers = [{server}]\n"))
+    (ice,) = getattr(s, section).ice_servers
+    assert ice.urls.split(":")[0] in ("stun", "turn", "turns")
+
+
+@pytest.mark.parametrize(("server", "key", "reason"), [
+    ('{ urls = "stun.example.org" }', "urls", "must start with stun:, turn: or turns:"),
+    ('{ urls = "http://stun.example.org" }', "urls", "must start with stun:"),
+    ('{ urls = "stun://stun.example.org" }', "urls", "without //"),
+    ('{ urls = "stuns:stun.example.org" }', "urls", "stuns: is not supported"),
+    ('{ urls = "stun:" }', "urls", "give a host name"),
+    ('{ urls = "stun:stun example.org" }', "urls", "give a host name"),
+    ('{ urls = "stun:[2001:db8::1]:3478" }', "urls", "IPv6"),
+    ('{ urls = "stun:stun.example.org:port" }', "urls", "port must be 1-65535"),
+    ('{ urls = "stun:stun.example.org:70000" }', "urls", "port must be 1-65535"),
+    ('{ urls = "stun:stun.example.org?transport=udp" }', "urls", "takes no ?transport="),
+    ('{ urls = "turn:t.example.org?transport=sctp", username = "u", credential = "p" }',
+     "urls", "?transport=udp or tcp"),
+    ('{ urls = "turns:t.example.org?transport=udp", username = "u", credential = "p" }',
+     "urls", "?transport=tcp"),
+    ('{ urls = "turn:t.example.org" }', "username", "needs one"),
+    ('{ urls = "turn:t.example.org", username = "u" }', "credential", "needs one"),
+])
+def test_bad_ice_server_names_file_line_key_and_reason(
+        tmp_path: Path, server: str, key: str, reason: str) -> None:
+    path, msg = settings_error(tmp_path, f"[probe]\nwarmup_s = 0.5\nice_servers = [{server}]\n")
+    assert msg.startswith(f"{path}: line 3: probe.ice_servers[0].{key}: ")
+    assert reason in msg
+
+
+def test_more_than_one_stun_server_is_refused(tmp_path: Path) -> None:
+    # aioice uses the first STUN and the first TURN server and silently ignores the others.
+    path, msg = settings_error(tmp_path, '[reflector]\nice_servers = [{ urls = "stun:a" }, '
+                                         '{ urls = "stun:b" }]\n')
+    assert f"{path}: line 2: reflector.ice_servers: " in msg and "at most one" in msg
+
+
+def test_every_ice_url_the_loader_accepts_aiortc_parses() -> None:
+    from aiortc.rtcicetransport import parse_stun_turn_uri
+
+    for server in GOOD_ICE:
+        url = server.split('"')[1]
+        assert ice_url_problem(url) is None
+        parse_stun_turn_uri(url)  # raises ValueError if aiortc disagrees
+
+
+# ------------------------------------------------------------------------ command-line overrides
+
+
+def test_override_checks_a_flag_like_a_file_key() -> None:
+    probe = ProbeSettings()
+    assert override(probe, "--max-duration", max_duration_s=5.0).max_duration_s == 5.0
+    for bad in (1.0, float("nan"), float("inf"), -3.0):
+        with pytest.raises(ConfigError, match="^--max-duration: "):
+            override(probe, "--max-duration", max_duration_s=bad)
+    with pytest.raises(ConfigError, match="^--host: give an address"):
+        override(ReflectorSettings(), "--host", host="")

@@ -53,9 +53,19 @@ async def test_loopback_check_says_video_with_sane_figures(reflector: Reflector,
 
 async def test_server_address_only_reported_when_configured(reflector: Reflector,
                                                             settings: Settings) -> None:
+    # A check that reached the reflector (the default case, unconfigured, is in the first
+    # test) and one that did not: both name the server once log_addresses is set.
     settings = replace(settings, privacy=replace(settings.privacy, log_addresses=True))
-    result = await run_check("http://127.0.0.1:1", _capped(settings, 3))
-    assert result.to_json()["server"] == "http://127.0.0.1:1"
+    measured = await run_check(reflector.url, _capped(settings, 3))
+    assert measured.metrics.connected
+    assert measured.to_json()["server"] == reflector.url
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    failed = await run_check(unreachable, _capped(settings, 3))
+    assert failed.verdict.reasons[0].code == "server_unreachable"
+    assert failed.to_json()["server"] == unreachable
+    default = await run_check(unreachable, _capped(replace(
+        settings, privacy=replace(settings.privacy, log_addresses=False)), 3))
+    assert default.to_json()["server"] is None
 
 
 async def test_unreachable_server_gives_unknown_quickly(settings: Settings) -> None:

@@ -336,10 +336,11 @@ def test_delivered_kbps_paced_load_returns_send_rate() -> None:
 
 
 def test_delivered_kbps_probe_overhead() -> None:
-    # Probe stream: 60-byte payloads + 62 overhead = 122 bytes = 976 bits every 20 ms
-    # -> 48.8 kbit/s. 11 packets over 0.2 s.
+    # Probe stream: 60-byte payloads + 64 overhead = 124 bytes = 992 bits every 20 ms
+    # -> 49.6 kbit/s. 11 packets over 0.2 s.
+    assert PROBE_OVERHEAD_BYTES == 64
     rate = delivered_kbps(11, 11 * 60, 5.0, 5.2, overhead=PROBE_OVERHEAD_BYTES)
-    assert rate == pytest.approx(48.8, rel=1e-9)
+    assert rate == pytest.approx(49.6, rel=1e-9)
 
 
 @given(

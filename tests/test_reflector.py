@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from dataclasses import replace
 
 import aiohttp
+import aioice.ice
 import pytest
 
-from netprobe.config import ReflectorSettings
-from netprobe.webrtc.engine import PacketTrack, create_peer_connection, prefer_test_codecs
+from netprobe.config import IceServer, ReflectorSettings
+from netprobe.errors import CannotListen, ConfigError, NetprobeError
+from netprobe.webrtc.engine import (
+    PacketTrack,
+    create_peer_connection,
+    prefer_test_codecs,
+    restrict_to_loopback_if_local,
+)
 from netprobe.webrtc.reflector import Reflector
 
 
@@ -148,3 +156,54 @@ async def test_stop_closes_open_sessions(loopback_ice: None) -> None:
     await r.stop()
     assert r.sessions == {}
     assert all(s.pc.connectionState == "closed" for s in sessions)
+
+
+async def test_a_port_in_use_raises_cannot_listen_and_leaves_nothing_open() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = Reflector(ReflectorSettings(host="127.0.0.1", port=port))
+        with pytest.raises(CannotListen, match=f"127.0.0.1:{port}: the port is already in use"):
+            await r.start()
+        await r.stop()  # nothing to stop, and no error
+    assert issubclass(CannotListen, NetprobeError)
+
+
+async def test_an_address_not_ours_raises_cannot_listen() -> None:
+    r = Reflector(ReflectorSettings(host="192.0.2.1", port=0))
+    with pytest.raises(CannotListen, match="cannot listen on 192.0.2.1:"):
+        await r.start()
+
+
+# ------------------------------------------------------------------------ the loopback rule
+
+
+@pytest.mark.parametrize(("address", "candidates"), [
+    ("http://127.0.0.1:8765", ["127.0.0.1"]),
+    ("https://localhost:8765/", ["127.0.0.1"]),
+    ("http://[::1]:8765", ["::1"]),
+    ("127.0.0.2", ["127.0.0.2"]),  # a reflector's listen address (`serve --host`)
+    ("localhost", ["127.0.0.1"]),
+    ("::1", ["::1"]),
+    ("http://192.0.2.1:8765", None),
+    ("http://reflector.example:8765", None),
+    ("0.0.0.0", None),
+    ("http://[::1", None),  # not a URL: not this machine either, and no exception
+])
+def test_loopback_rule(monkeypatch: pytest.MonkeyPatch, address: str,
+                       candidates: list[str] | None) -> None:
+    def untouched(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["192.0.2.50"]
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", untouched)  # restored after the test
+    assert restrict_to_loopback_if_local(address) is (candidates is not None)
+    gathered = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+    assert gathered == (candidates or ["192.0.2.50"])
+
+
+def test_an_ice_url_aiortc_cannot_parse_is_a_config_error() -> None:
+    # The loader refuses these first; this is the boundary for callers that build settings
+    # in code (aiortc itself raises a bare ValueError later, outside any handler).
+    with pytest.raises(ConfigError, match="'http://stun.example.org'"):
+        create_peer_connection((IceServer("http://stun.example.org"),))

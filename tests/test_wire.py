@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netprobe.config import ProbeSettings, load_settings
@@ -165,17 +168,33 @@ def test_probe_in_the_previous_layout_is_rejected() -> None:
         decode_probe(old)
 
 
-def test_every_accepted_rung_duration_fits_in_a_probe(tmp_path: Path) -> None:
+def test_a_rung_duration_too_long_for_a_probe_is_rejected_up_front(tmp_path: Path) -> None:
+    # 70 s would not fit the probe's u16 of milliseconds (65.535 s): the settings refuse it.
     cfg = tmp_path / "netprobe.toml"
     cfg.write_text("[probe]\nrung_duration_s = 70.0\n")
-    try:
-        settings = load_settings(cfg).probe
-    except ConfigError:
-        return  # rejected up front: fine too
-    session = ClientSession(settings, Thresholds(), 0.0)
+    with pytest.raises(ConfigError, match="rung_duration_s"):
+        load_settings(cfg)
+
+
+@settings(max_examples=30)
+@given(st.floats(0.1, 30.0))
+def test_every_accepted_rung_duration_fits_in_a_probe(seconds: float) -> None:
+    # The longest accepted duration is 30 s (see the test above for what is refused).
+    probe = ProbeSettings(rung_duration_s=seconds)
+    session = ClientSession(probe, Thresholds(), 0.0)
     session.down.start(0.0)
-    data = encode_probe(session.next_probe(0.0), settings.probe_size)
-    assert decode_probe(data).down_duration_ms == 70_000
+    data = encode_probe(session.next_probe(0.0), probe.probe_size)
+    assert decode_probe(data).down_duration_ms == int(seconds * 1000)
+
+
+def test_the_longest_accepted_rung_duration_loads_and_fits(tmp_path: Path) -> None:
+    cfg = tmp_path / "netprobe.toml"
+    cfg.write_text("[probe]\nrung_duration_s = 30.0\n")
+    probe = load_settings(cfg).probe
+    session = ClientSession(probe, Thresholds(), 0.0)
+    session.down.start(0.0)
+    data = encode_probe(session.next_probe(0.0), probe.probe_size)
+    assert decode_probe(data).down_duration_ms == 30_000
 
 
 def test_echo_before_first_probe_has_highest_minus_one() -> None:
@@ -203,14 +222,89 @@ def test_header_bytes() -> None:
 
 # ------------------------------------------------------------------------ bad input
 
+# What a well-formed packet is, written out from docs/protocol.md independently of the decoders:
+# the 4-byte header (magic "NP", version, type), then the type's fixed fields; an echo also
+# needs every rung report and down entry its two count bytes announce. Longer is fine (probes
+# and loads are padded). The decoders must accept exactly these and raise `ProtocolError` for
+# everything else.
+_FIXED = {TYPE_PROBE: 4 + 22, TYPE_ECHO: 4 + 41, TYPE_LOAD: 4 + 14}
+
+
+def _echo_length(data: bytes) -> int | None:
+    """Bytes an echo needs, from its count bytes, or None if the counts are cut off."""
+    if len(data) < _FIXED[TYPE_ECHO]:
+        return None
+    down_count_at = _FIXED[TYPE_ECHO] + 34 * data[_FIXED[TYPE_ECHO] - 1]
+    if len(data) <= down_count_at:
+        return None
+    return down_count_at + 1 + 7 * data[down_count_at]
+
+
+def _well_formed(data: bytes, kind: int | None) -> bool:
+    """Whether `data` is a packet of type `kind` (any type, for None) by the rules above."""
+    if len(data) < 4 or data[:2] != b"NP" or data[2] != wire.VERSION:
+        return False
+    if kind is None:
+        return True
+    if data[3] != kind:
+        return False
+    if kind == TYPE_ECHO:
+        needed = _echo_length(data)
+        return needed is not None and len(data) >= needed
+    return len(data) >= _FIXED[kind]
+
+
+_ENCODERS: dict[int, Callable[[Any], bytes]] = {
+    TYPE_PROBE: encode_probe, TYPE_ECHO: encode_echo, TYPE_LOAD: lambda p: encode_load(p, 0),
+}
+_TYPES: dict[int, type] = {TYPE_PROBE: Probe, TYPE_ECHO: Echo, TYPE_LOAD: Load}
+_KINDS: dict[Decoder, int | None] = {
+    decode_probe: TYPE_PROBE, decode_echo: TYPE_ECHO, decode_load: TYPE_LOAD, packet_type: None,
+}
+
+
+def _has_nan(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, tuple):
+        return any(_has_nan(x) for x in value)
+    if dataclasses.is_dataclass(value):
+        return any(_has_nan(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
+
+
+def _check_decoder(decode: Decoder, data: bytes) -> None:
+    """A malformed packet raises `ProtocolError`; a well-formed one decodes to the values its
+    bytes hold (re-encoding gives those bytes back)."""
+    kind = _KINDS[decode]
+    if not _well_formed(data, kind):
+        with pytest.raises(ProtocolError):
+            decode(data)
+        return
+    got: Any = decode(data)
+    if kind is None:
+        assert got == data[3]
+        return
+    assert type(got) is _TYPES[kind]
+    # NaN payloads need not survive a float round trip: compare those packets no further.
+    if not _has_nan(got):
+        encoded = _ENCODERS[kind](got)
+        assert encoded[:_FIXED[kind]] == data[:_FIXED[kind]]
+        if kind == TYPE_ECHO:
+            # a down entry's last byte is a flag: any non-zero byte reads as "finished"
+            expected = bytearray(data[:len(encoded)])
+            for k in range(len(got.down_sent)):
+                flag_at = len(encoded) - 1 - 7 * k
+                expected[flag_at] = min(1, expected[flag_at])
+            assert encoded == expected
+
 
 @pytest.mark.parametrize("decode", DECODERS)
 @given(data=st.binary(max_size=400))
-def test_random_bytes_raise_only_protocol_error(decode: Decoder, data: bytes) -> None:
-    try:
-        decode(data)
-    except ProtocolError:
-        pass
+def test_random_bytes_raise_protocol_error_unless_well_formed(
+    decode: Decoder, data: bytes
+) -> None:
+    _check_decoder(decode, data)
 
 
 @st.composite
@@ -220,28 +314,53 @@ def _headed_garbage(draw: st.DrawFn) -> bytes:
     return b"NP" + bytes([wire.VERSION, kind]) + draw(st.binary(max_size=400))
 
 
+@st.composite
+def _small_count_echo(draw: st.DrawFn) -> bytes:
+    """A valid header and echo fields with small random counts and a random amount of body:
+    reaches the well-formed case as often as the malformed one."""
+    n_rungs, n_down = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    head = b"NP" + bytes([wire.VERSION, TYPE_ECHO]) + draw(st.binary(min_size=40, max_size=40))
+    body = draw(st.binary(min_size=34 * n_rungs, max_size=34 * n_rungs))
+    down = draw(st.binary(min_size=7 * n_down, max_size=7 * n_down))
+    packet = head + bytes([n_rungs]) + body + bytes([n_down]) + down
+    return packet[:draw(st.integers(0, len(packet) + 5))] + draw(st.binary(max_size=5))
+
+
 @pytest.mark.parametrize("decode", DECODERS)
-@given(data=_headed_garbage())
-def test_garbage_after_valid_header_raises_only_protocol_error(
+@given(data=st.one_of(_headed_garbage(), _small_count_echo()))
+def test_garbage_after_valid_header_raises_protocol_error_unless_well_formed(
     decode: Decoder, data: bytes
 ) -> None:
-    try:
-        decode(data)
-    except ProtocolError:
-        pass
+    _check_decoder(decode, data)
+
+
+def test_the_well_formed_rule_matches_the_encoders() -> None:
+    # The oracle above is only as good as its agreement with what the encoders produce.
+    for data, kind in ((encode_probe(Probe(1, 2.0)), TYPE_PROBE),
+                       (encode_echo(_echo_example()), TYPE_ECHO),
+                       (encode_load(Load(0, 1, 2.0), 0), TYPE_LOAD)):
+        assert _well_formed(data, kind) and _well_formed(data, None)
+        assert not _well_formed(data[:-1], kind)
+        assert all(not _well_formed(data, other) for other in _FIXED if other != kind)
+    assert _echo_length(encode_echo(_echo_example())) == len(encode_echo(_echo_example()))
 
 
 @given(echoes, st.data())
 def test_echo_with_corrupt_counts_raises_protocol_error(e: Echo, data: st.DataObject) -> None:
-    # Overwrite the rung-count byte (last byte of the fixed part) with a bigger count than
-    # the packet holds: the decoder must run out of bytes and say so as a ProtocolError.
+    # Overwrite the rung-count byte (last byte of the fixed part) with a count too big for
+    # the bytes that follow: the decoder must run out of bytes and say so as a ProtocolError.
     raw = bytearray(encode_echo(e))
     count_at = 4 + 41 - 1
-    raw[count_at] = data.draw(st.integers(len(e.up_rungs) + 1, 255))
-    try:
+    after = len(raw) - count_at - 1  # rung reports, down count byte and down entries
+    raw[count_at] = data.draw(st.integers(after // 34 + 1, 255))  # 34 * count > after
+    with pytest.raises(ProtocolError, match="malformed echo packet"):
         decode_echo(bytes(raw))
-    except ProtocolError:
-        pass
+    # and the down-entry count the same way
+    raw = bytearray(encode_echo(e))
+    down_at = count_at + 1 + 34 * len(e.up_rungs)
+    raw[down_at] = data.draw(st.integers(len(e.down_sent) + 1, 255))
+    with pytest.raises(ProtocolError, match="malformed echo packet"):
+        decode_echo(bytes(raw))
 
 
 def test_truncated_probe_raises() -> None:
@@ -307,5 +426,8 @@ def test_each_decoder_rejects_the_other_types() -> None:
 
 def test_protocol_error_is_a_netprobe_error() -> None:
     assert issubclass(ProtocolError, NetprobeError)
-    # and not a struct.error: callers catching NetprobeError must not miss anything
-    assert not issubclass(struct.error, NetprobeError)
+    # what the decoders raise is that, not the struct.error underneath: callers catching
+    # NetprobeError must not miss anything
+    with pytest.raises(NetprobeError) as info:
+        decode_echo(encode_echo(_echo_example())[:-1])
+    assert type(info.value) is ProtocolError

@@ -16,14 +16,13 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from netprobe.agent.control import AgentControl, CheckAlreadyRunning
 from netprobe.errors import NetprobeError
-
-if TYPE_CHECKING:
-    from netprobe.agent.runtime import Agent
+from netprobe.httpjson import json_error, strict_loads
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +63,10 @@ def load_or_create_token(path: Path) -> str:
         raise NetprobeError(f"cannot keep the API token in {path}: {exc.strerror}") from None
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
 class AgentApi:
-    def __init__(self, agent: Agent) -> None:
+    """The API over any `AgentControl` (the running agent, in `app.py`)."""
+
+    def __init__(self, agent: AgentControl) -> None:
         self.agent = agent
         a = agent.settings.agent
         self.host = a.api_host
@@ -105,6 +102,11 @@ class AgentApi:
         if sockets:
             self.port = sockets[0].getsockname()[1]
 
+    @property
+    def addresses(self) -> list[Any]:
+        """The addresses the API listens on (empty until started)."""
+        return list(self._runner.addresses) if self._runner is not None else []
+
     async def stop(self) -> None:
         for stream in list(self._streams):
             stream.force_close()
@@ -131,7 +133,7 @@ class AgentApi:
                 ) -> web.Response:
         logger.warning("API request rejected: %s", reason, extra={
             "event": "api_request_rejected", "reason": reason, "path": request.path})
-        return _error(status, reason, message)
+        return json_error(status, reason, message)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -159,15 +161,15 @@ class AgentApi:
                 raise
             code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
                 exc.status, "http_error")
-            response = _error(exc.status, code, exc.reason)
-            if "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
+            allow = exc.headers.get("Allow")
+            response = json_error(exc.status, code, exc.reason,
+                                  headers={"Allow": allow} if allow else None)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as exc:  # one request must never take the agent down
-            logger.error("API request failed: %s", type(exc).__name__, extra={
+            logger.error("API request failed: %s", type(exc).__name__, exc_info=True, extra={
                 "event": "error", "where": f"api {request.path}", "error": type(exc).__name__})
-            response = _error(500, "internal_error", "the agent could not answer this request")
+            response = json_error(500, "internal_error", "the agent could not answer this request")
         if not response.prepared:
             self._cors(request, response)
         return response
@@ -189,7 +191,7 @@ class AgentApi:
             return {}
         if request.content_type != "application/json":
             raise ValueError("send JSON with Content-Type: application/json")
-        body = await request.json()
+        body = await request.json(loads=strict_loads)
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         return body
@@ -198,26 +200,22 @@ class AgentApi:
         try:
             body = await self._body(request)
         except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, "bad_request", str(exc) or "the body is not valid JSON")
+            return json_error(400, "bad_request", str(exc) or "the body is not valid JSON")
         action = body.get("action")
-        if action == "start":
-            started = await self.agent.start_session()
-            return web.json_response({"state": self.agent.state, "changed": started})
-        if action == "stop":
-            stopped = await self.agent.stop_session()
-            return web.json_response({"state": self.agent.state, "changed": stopped})
-        return _error(400, "bad_request", '"action" must be "start" or "stop"')
+        if action in ("start", "stop"):
+            changed = await (self.agent.start_session() if action == "start"
+                             else self.agent.stop_session())
+            return web.json_response({"state": self.agent.status()["state"], "changed": changed})
+        return json_error(400, "bad_request", '"action" must be "start" or "stop"')
 
     async def post_check(self, request: web.Request) -> web.Response:
-        if self.agent._check_lock.locked():
-            return _error(409, "check_running", "a check is already running; read "
-                          "/v1/status when it is done")
         try:
-            result = await self.agent.check("manual")
-        except NetprobeError as exc:
-            logger.error("check failed: %s", exc, extra={"event": "error", "where": "check",
-                                                          "error": str(exc)})
-            return _error(503, "check_failed", "the check could not run; see the agent's log")
+            result = await self.agent.check_now()
+        except CheckAlreadyRunning:
+            return json_error(409, "check_running", "a check is already running; read "
+                              "/v1/status when it is done")
+        except NetprobeError:  # the agent has logged why
+            return json_error(503, "check_failed", "the check could not run; see the agent's log")
         return web.json_response(result.to_json())
 
     async def get_events(self, request: web.Request) -> web.StreamResponse:
@@ -230,8 +228,9 @@ class AgentApi:
         try:
             await response.write(_sse("status", self.agent.status()))
             while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                try:  # (asyncio.timeout: wait_for may swallow the shutdown's cancellation)
+                    async with asyncio.timeout(SSE_KEEPALIVE_S):
+                        event = await queue.get()
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
@@ -244,8 +243,8 @@ class AgentApi:
         return response
 
     async def get_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=prometheus(self.agent.status(), self.agent.checks_total,
-                                            self.agent.changes_total),
+        checks, changes = self.agent.counters()
+        return web.Response(text=prometheus(self.agent.status(), checks, changes),
                             content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 

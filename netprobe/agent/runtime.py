@@ -1,14 +1,20 @@
-"""`netprobe agent`: the background service clinics install on session machines.
+"""`netprobe agent`'s runtime: the asyncio layer that performs what the agent's policy decides.
 
-Idle, it runs a light check now and then (randomised interval) so a status is always fresh.
-During a session (started and stopped through the local API) it keeps a gentle probe stream to
-the reflector and reads the machine's own signals (psutil), feeds rolling windows to the same
-classifier as `check`, and changes its recommendation with hysteresis (`monitor.py`). Changes
-go to the local API (`agent_api.py`: status, server-sent events, Prometheus metrics) and to
-the JSON log (`docs/log-format.md`).
+Idle, the agent runs a light check now and then (randomised interval) so a status is always
+fresh. During a session (started and stopped through the local API) it keeps a gentle probe
+stream to the reflector, reads the machine's own signals (psutil), and changes its
+recommendation with hysteresis. Every one of those decisions is made by the pure state machine
+`netprobe.core.policy.AgentPolicy`; this module feeds it events (the clock, check results,
+echoes, passive samples, API requests) and performs its actions (start a check, open or close
+the probe stream, log, publish an event), sleeping until the policy's next deadline.
 
 Checks and the monitoring stream run in child processes (`worker.py`): this process never
 loads the WebRTC stack, so an idle agent stays small.
+
+Every task has an owner: `serve()` owns the clock loop and the passive sampler; the agent owns
+the one check task and the one monitoring task, and `serve()` stops and awaits them all. A task
+that crashes is logged with its traceback: a check or a probe stream counts as failed (the
+policy backs off and tries again), and a crash of the policy itself ends the agent cleanly.
 """
 
 from __future__ import annotations
@@ -17,92 +23,113 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from netprobe import __version__
+from netprobe import __version__, exitcodes
+from netprobe.agent.control import CheckAlreadyRunning
 from netprobe.agent.passive import PassiveSampler, PassiveState
 from netprobe.agent.worker import IsolatedMonitorLink, run_check_isolated
 from netprobe.config import Settings, load_settings
-from netprobe.core.classify import UNKNOWN, Reason, Verdict
-from netprobe.core.metrics import DirectionMetrics, LinkMetrics
-from netprobe.core.monitor import (
-    Hysteresis,
-    HysteresisSettings,
-    ProbeWindow,
-    own_traffic_note,
-    passive_verdict,
-    window_verdict,
-)
+from netprobe.core import policy_events as ev
+from netprobe.core.policy import SILENCE_S, AgentPolicy, light_check_settings
 from netprobe.core.result import CheckResult
+from netprobe.core.wire import Echo
 from netprobe.errors import ConfigError, NetprobeError
+
+__all__ = ["SILENCE_S", "AgentRuntime", "MonitorLink", "Sampler"]
 
 logger = logging.getLogger(__name__)
 
-#: The light check run while idle: enough rungs to tell video from audio, a shorter cap.
-LIGHT_LADDER = (300, 800, 1600)
-LIGHT_CAP_S = 10.0
-#: The longer window that must agree before a session is sent to the phone (x window_s).
-LONG_WINDOW_FACTOR = 3
-#: No echo for this long during a session: the reflector is gone.
-SILENCE_S = 5.0
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+#: How often the machine's own signals are read.
+PASSIVE_EVERY_S = 1.0
+#: The longest a probe stream may take to connect.
+MONITOR_CONNECT_CAP_S = 10.0
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+class Sampler(Protocol):
+    """The passive signals' source (`passive.PassiveSampler`)."""
+
+    @property
+    def state(self) -> PassiveState: ...
+    def sample(self) -> str | None: ...
 
 
-def _reason_codes(v: Verdict) -> list[str]:
-    return [r.code for r in v.reasons]
+class MonitorLink(Protocol):
+    """A session's probe stream (`worker.IsolatedMonitorLink`)."""
+
+    failed: asyncio.Event
+
+    async def connect(self, timeout: float) -> None: ...
+    async def close(self) -> None: ...
 
 
-class Agent:
+MonitorLinkFactory = Callable[[str, Settings, float, Callable[[Echo, float], None]], MonitorLink]
+
+
+class AgentRuntime:
+    """The agent without its API (the composition root, `app.py`, adds that)."""
+
     def __init__(self, settings: Settings, config_path: Path | None = None,
                  overrides: dict[str, Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 thresholds_path: Path | None = None) -> None:
+                 thresholds_path: Path | None = None, *,
+                 sampler: Sampler | None = None,
+                 monitor_link: MonitorLinkFactory = IsolatedMonitorLink) -> None:
+        """`sampler` and `monitor_link` replace the psutil adapter and the child process of a
+        session's probe stream (tests); `clock` is the monotonic clock the policy runs on."""
         self.config_path = config_path
         self.thresholds_path = thresholds_path
         self.overrides = overrides or {}
-        self.settings = self._apply_overrides(settings)
         self.clock = clock
-        self.state = "idle"
-        self.recommendation = Verdict(UNKNOWN, 0.0, (Reason(
-            "no_check_yet", "No check has run yet; the first one starts in a moment."),))
-        self.metrics = LinkMetrics()
-        self.updated_at: float | None = None
-        self.updated_wall: float | None = None
-        self.reflector = "unknown"
-        self.session_started_wall: float | None = None
-        self.last_check: CheckResult | None = None
-        self.passive = PassiveState()
-        self.checks_total: dict[str, int] = {}
-        self.changes_total = 0
+        self._wall_offset = time.time() - clock()
+        self._sampler: Sampler = sampler or PassiveSampler()
+        self._monitor_link = monitor_link
+        self.policy = AgentPolicy(self._apply_overrides(settings), self._sampler.state,
+                                  jitter=lambda: random.uniform(-1.0, 1.0))
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._stop = asyncio.Event()
-        self._wake_idle = asyncio.Event()
-        self._session_task: asyncio.Task[None] | None = None
-        self._session_timer: asyncio.TimerHandle | None = None
-        self._expiry: asyncio.Task[bool] | None = None
-        self._check_lock = asyncio.Lock()
-        self._backoff = self.settings.agent.backoff_min_s
-        self.retry_in = self._backoff
-        """Wait before the next attempt on an unreachable reflector (as logged)."""
-        self._sampler = PassiveSampler()
-        self._traffic: deque[tuple[float | None, float | None]] = deque(maxlen=60)
-        """(tx, rx) kbit/s of the default interface, one per second, newest last."""
-        self._window: ProbeWindow | None = None
-        self._hysteresis: Hysteresis | None = None
+        self._wake = asyncio.Event()
+        self._check: asyncio.Task[None] | None = None
+        self._manual: asyncio.Future[CheckResult] | None = None
+        self._monitor: tuple[int, asyncio.Task[None]] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.exit_status = exitcodes.OK
+        """FAILED once the agent ended because of a failure of its own."""
 
-    # -- settings ---------------------------------------------------------------------
+    # -- what the API and the tests read --------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self.policy.settings
+
+    @property
+    def checks_total(self) -> dict[str, int]:
+        return self.policy.checks_total
+
+    @property
+    def last_check(self) -> CheckResult | None:
+        return self.policy.last_check
+
+    def status(self) -> dict[str, Any]:
+        return self.policy.status_document(self.clock(), self._wall_offset, __version__)
+
+    def counters(self) -> tuple[dict[str, int], int]:
+        return dict(self.policy.checks_total), self.policy.changes_total
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)
+
+    # -- settings ---------------------------------------------------------------------------
 
     def _apply_overrides(self, settings: Settings) -> Settings:
         agent = replace(settings.agent, **{k: v for k, v in self.overrides.items()
@@ -121,337 +148,210 @@ class Agent:
             logger.error("config reload failed: %s", exc, extra={
                 "event": "config_error", "path": str(self.config_path), "error": str(exc)})
             return
-        changed = _changed_keys(self.settings, new)
-        if new.agent.api_port != self.settings.agent.api_port:
-            logger.warning("api_port changes take effect after a restart")
-        self.settings = new
-        logger.info("config reloaded", extra={"event": "config_reloaded", "changed": changed})
-        self._wake_idle.set()
+        self._feed(ev.SettingsChanged(self.clock(), new))
 
-    # -- status and events ------------------------------------------------------------
+    # -- requests ---------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        now = self.clock()
-        age = None if self.updated_at is None else now - self.updated_at
-        verdict = self.recommendation
-        if age is not None and age > self.settings.agent.stale_after_s:
-            verdict = Verdict(UNKNOWN, 0.0, (Reason(
-                "status_stale", "The last measurement is too old to rely on; a new check is "
-                "due. Until then, do not count on video."),))
-        return {
-            "schema": "netprobe.status/1",
-            "state": self.state,
-            "recommendation": verdict.verdict,
-            "confidence": verdict.confidence,
-            "reasons": [r.to_json() for r in verdict.reasons],
-            "metrics": self.metrics.to_json(),
-            "updated_at": _iso(self.updated_wall),
-            "age_s": None if age is None else round(age, 1),
-            "reflector": self.reflector,
-            "session_started_at": _iso(self.session_started_wall),
-            "check_running": self._check_lock.locked(),
-            "passive": self.passive.to_json(),
-            "version": __version__,
-        }
+    async def start_session(self) -> bool:
+        was = self.policy.state
+        self._feed(ev.SessionStartRequested(self.clock()))
+        return was != self.policy.state
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
-        self._subscribers.add(queue)
-        return queue
+    async def stop_session(self, reason: str = "api") -> bool:
+        """Stop monitoring. `reason`: `api` (the video app asked), `shutdown` (the agent is
+        stopping). Returns once the probe stream is closed."""
+        was = self.policy.state
+        self._feed(ev.SessionStopRequested(self.clock(), reason))
+        await self._settle()
+        return was != self.policy.state
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(queue)
+    async def check_now(self) -> CheckResult:
+        """A full check now (`POST /v1/check`), its verdict taken."""
+        if self.policy.check_running is not None:
+            raise CheckAlreadyRunning("a check is already running")
+        self._manual = waiter = asyncio.get_running_loop().create_future()
+        # read the outcome even if the caller has gone (no "exception never retrieved")
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._feed(ev.CheckRequested(self.clock()))
+        if self.policy.check_running != "manual":  # refused after all
+            self._manual = None
+            raise CheckAlreadyRunning("a check is already running")
+        # the check is the agent's: a client that hangs up does not cut it short
+        return await asyncio.shield(waiter)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- feeding the policy, performing its actions -----------------------------------------
+
+    def _feed(self, event: ev.Event) -> None:
+        if self.exit_status != exitcodes.OK:
+            return  # the policy failed: the agent is stopping, nothing more is decided
+        try:
+            actions = self.policy.handle(event)
+        except Exception:  # a bug in the decisions: end the agent cleanly, never limp on
+            logger.error("the agent's policy failed on %s", type(event).__name__,
+                         exc_info=True, extra={"event": "error", "where": "policy",
+                                               "error": type(event).__name__})
+            self.exit_status = exitcodes.FAILED
+            self._stop.set()
+            return
+        for action in actions:
+            self._perform(action)
+        self._wake.set()  # the next deadline may have moved
+
+    def _perform(self, action: ev.Action) -> None:
+        match action:
+            case ev.Log(level, event, message, fields):
+                logger.log(_LEVELS[level], "%s", message,
+                           extra={} if event is None else {"event": event, **fields})
+            case ev.Publish(kind, fields):
+                self._publish({"type": kind, **fields, **self.status()})
+            case ev.StartCheck(purpose, light):
+                self._check = asyncio.get_running_loop().create_task(
+                    self._run_check(purpose, light), name=f"check ({purpose})")
+            case ev.StartMonitor(link, settings):
+                self._monitor = (link, asyncio.get_running_loop().create_task(
+                    self._run_monitor(link, settings), name=f"probe stream {link}"))
+            case ev.StopMonitor(link):
+                if self._monitor is not None and self._monitor[0] == link:
+                    task = self._monitor[1]
+                    self._monitor = None
+                    task.cancel()
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
     def _publish(self, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
-    def _set(self, verdict: Verdict, metrics: LinkMetrics | None, trigger: str) -> None:
-        """Record a new recommendation (and figures); log and publish a change."""
-        old = self.recommendation.verdict
-        self.recommendation = verdict
-        if metrics is not None:
-            self.metrics = metrics
-        self.updated_at = self.clock()
-        self.updated_wall = time.time()
-        if verdict.verdict != old:
-            self.changes_total += 1
-            logger.info("recommendation changed from %s to %s", old, verdict.verdict, extra={
-                "event": "recommendation_changed", "from": old, "to": verdict.verdict,
-                "reasons": _reason_codes(verdict), "trigger": trigger})
-            self._publish({"type": "recommendation", "from": old, **self.status()})
+    async def _settle(self) -> None:
+        """Wait until every probe stream the policy stopped is closed."""
+        if self._closing:  # (wait, not gather: a cancelled caller must not cancel them again)
+            await asyncio.wait(set(self._closing))
 
-    # -- checks ---------------------------------------------------------------------------
-
-    def _check_settings(self, light: bool) -> Settings:
-        s = self.settings
-        if not light:
-            return s
-        probe = replace(s.probe, ladder_kbps=LIGHT_LADDER,
-                        max_duration_s=min(LIGHT_CAP_S, s.probe.max_duration_s),
-                        connect_timeout_s=min(LIGHT_CAP_S - 2, s.probe.connect_timeout_s))
-        return replace(s, probe=probe)
-
-    async def check(self, kind: str, *, light: bool = False, apply: bool = True) -> CheckResult:
-        """Run a check now (one at a time) and, with `apply`, take its verdict."""
-        async with self._check_lock:
-            logger.info("check started", extra={"event": "check_started", "kind": kind})
-            result = await run_check_isolated(self.settings.agent.server,
-                                              self._check_settings(light))
-            v = result.verdict
-            m = result.metrics
-            if m.connected and m.up.kbps is not None and m.down.kbps is not None:
-                self.last_check = result  # what the windows take the capacity from
-            self.checks_total[v.verdict] = self.checks_total.get(v.verdict, 0) + 1
-            doc = result.to_json()
-            logger.info("check finished: %s", v.verdict, extra={
-                "event": "check_finished", "kind": kind, "verdict": v.verdict,
-                "confidence": v.confidence, "reasons": _reason_codes(v),
-                "metrics": doc["metrics"], "duration_s": doc["duration_s"]})
-            reachable = result.metrics.connected
-            busy = not reachable and v.reasons[0].code == "server_busy"
-            if not busy:  # a busy reflector answered: it is not "unreachable"
-                self._reflector_state(reachable, None if reachable else v.reasons[0].code)
-            # A check that could not reach the reflector says nothing new about a session
-            # the windows are watching: it must not override them.
-            if apply and (reachable or self.state != "monitoring"):
-                verdict = passive_verdict(v, interface_up=self.passive.interface_up,
-                                          cpu_percent=self.passive.cpu_percent,
-                                          cpu_limit=self.settings.agent.cpu_limit_pct)
-                self._set(verdict, result.metrics if reachable else LinkMetrics(), "check")
-                # a full check during a session outranks the windows: start them afresh
-                if self._hysteresis is not None:
-                    self._hysteresis.reset(verdict)
-                if self._window is not None:
-                    self._window.clear()
-            return result
-
-    def _reflector_state(self, reachable: bool, error_code: str | None) -> None:
-        if reachable:
-            if self.reflector == "unreachable":
-                logger.info("reflector reachable again", extra={"event": "reflector_recovered"})
-            self.reflector = "ok"
-            self._backoff = self.settings.agent.backoff_min_s
-            return
-        self.retry_in = self._backoff
-        logger.warning("reflector unreachable; retrying in %.0f s", self.retry_in, extra={
-            "event": "reflector_unreachable", "retry_in_s": self.retry_in,
-            "error_code": error_code})
-        self.reflector = "unreachable"
-        self._backoff = min(self._backoff * 2, self.settings.agent.backoff_max_s)
-
-    # -- loops ------------------------------------------------------------------------------
-
-    async def _idle_loop(self) -> None:
-        delay = 1.0
-        while True:
-            self._wake_idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_idle.wait(), delay)
-            if self.state == "idle":
-                try:
-                    await self.check("idle", light=True)
-                except NetprobeError as exc:
-                    logger.error("check failed: %s", exc, extra={"event": "error",
-                                                                  "where": "idle_check",
-                                                                  "error": str(exc)})
-            a = self.settings.agent
-            if self.reflector == "unreachable":
-                delay = self.retry_in
-            else:
-                delay = a.idle_interval_s * random.uniform(1 - a.idle_jitter, 1 + a.idle_jitter)
-
-    async def _passive_loop(self) -> None:
-        while True:
-            change = self._sampler.sample()
-            self.passive = self._sampler.state
-            self._traffic.append((self.passive.tx_kbps, self.passive.rx_kbps))
-            if change:
-                logger.info("network changed: %s", change, extra={
-                    "event": "network_changed", "change": change,
-                    "interface": self.passive.interface_index})
-                self._wake_idle.set()  # a new network deserves a fresh check
-            await asyncio.sleep(1.0)
-
-    # -- sessions -----------------------------------------------------------------------------
-
-    async def start_session(self) -> bool:
-        if self._session_task is not None:
-            return False
-        self.state = "monitoring"
-        self.session_started_wall = time.time()
-        logger.info("session started", extra={"event": "session_started"})
-        loop = asyncio.get_running_loop()
-        self._session_task = loop.create_task(self._monitor())
-        limit = self.settings.agent.max_session_s
-        if limit > 0:
-            self._session_timer = loop.call_later(limit, self._session_expired)
-        self._publish({"type": "state", **self.status()})
-        return True
-
-    def _session_expired(self) -> None:
-        self._session_timer = None
-        self._expiry = asyncio.get_running_loop().create_task(self.stop_session("max_duration"))
-
-    async def stop_session(self, reason: str = "api") -> bool:
-        """Stop monitoring. `reason`: `api` (the video app asked), `max_duration` (the
-        session outlived `max_session_s`: forgotten), `shutdown` (the agent is stopping)."""
-        task, self._session_task = self._session_task, None
-        if task is None:
-            return False
-        if self._session_timer is not None:
-            self._session_timer.cancel()
-            self._session_timer = None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        self._window = self._hysteresis = None
-        duration = time.time() - (self.session_started_wall or time.time())
-        self.state = "idle"
-        self.session_started_wall = None
-        log = logger.warning if reason == "max_duration" else logger.info
-        log("session stopped (%s)", reason, extra={
-            "event": "session_stopped", "duration_s": round(duration, 1), "reason": reason})
-        self._publish({"type": "state", **self.status()})
-        return True
-
-    def _own_traffic(self, seconds: float) -> tuple[float | None, float | None]:
-        """This computer's mean (tx, rx) kbit/s over the last `seconds` of samples."""
-        recent = list(self._traffic)[-max(1, int(seconds)):]
-        tx = [t for t, _ in recent if t is not None]
-        rx = [r for _, r in recent if r is not None]
-        return (sum(tx) / len(tx) if tx else None, sum(rx) / len(rx) if rx else None)
-
-    def _capacity(self) -> tuple[DirectionMetrics, DirectionMetrics] | None:
-        if self.last_check is None:
-            return None
-        m = self.last_check.metrics
-        return m.up, m.down
-
-    async def _monitor(self) -> None:
-        a = self.settings.agent
-        hysteresis = Hysteresis(HysteresisSettings(a.step_down_after, a.step_up_after_s))
-        if self._capacity() is None or self.updated_at is None or \
-                self.clock() - self.updated_at > 60 or self.reflector != "ok":
-            await self.check("session")
-        hysteresis.reset(self.recommendation)
-        self._hysteresis = hysteresis
-        while True:
-            window = ProbeWindow(a.window_s * LONG_WINDOW_FACTOR)
-            self._window = window
-            link = IsolatedMonitorLink(a.server, self.settings,
-                                       a.monitor_probe_interval_ms / 1000, window.on_echo)
-            try:
-                await link.connect(min(10.0, self.settings.probe.connect_timeout_s))
-            except (NetprobeError, TimeoutError) as exc:
-                self._reflector_state(False, type(exc).__name__)
-                self._set(passive_verdict(_unreachable(), interface_up=self.passive.interface_up,
-                                          cpu_percent=None), LinkMetrics(), "monitor")
-                hysteresis.reset(self.recommendation)
-                await asyncio.sleep(self.retry_in)
-                continue
-            self._reflector_state(True, None)
-            started = self.clock()
-            why = "monitor_closed"  # the connection, or its process, ended
-            try:
-                while not link.failed.is_set():
-                    await asyncio.sleep(1.0)
-                    now = self.clock()
-                    if window.silent_for(now) > SILENCE_S and now - started > SILENCE_S:
-                        why = "monitor_silent"
-                        break
-                    await self._monitor_tick(window, hysteresis, now)
-            finally:
-                await link.close()
-            self._reflector_state(False, why)
-            self._set(passive_verdict(_unreachable(), interface_up=self.passive.interface_up,
-                                      cpu_percent=None), LinkMetrics(), "monitor")
-            hysteresis.reset(self.recommendation)
-            await asyncio.sleep(self.retry_in)
-
-    async def _monitor_tick(self, window: ProbeWindow, hysteresis: Hysteresis,
-                            now: float) -> None:
-        a = self.settings.agent
-        capacity = self._capacity()
-        metrics = window.metrics(now, capacity, a.window_s)
-        longer = window.metrics(now, capacity, sure=True)
-        verdict = passive_verdict(window_verdict(metrics, self.settings.thresholds, longer),
-                                  interface_up=self.passive.interface_up,
-                                  cpu_percent=self.passive.cpu_percent,
-                                  cpu_limit=a.cpu_limit_pct)
-        if capacity is not None:
-            tx, rx = self._own_traffic(a.window_s)
-            verdict = own_traffic_note(verdict, tx_kbps=tx, rx_kbps=rx, up=capacity[0],
-                                       down=capacity[1])
-        changed, confirm = hysteresis.observe(verdict, now)
-        if changed is not None:
-            trigger = "passive" if changed.reasons and changed.reasons[0].code in (
-                "network_down", "cpu_saturated") else "monitor"
-            self._set(changed, metrics, trigger)
-        elif metrics is not None:
-            self.metrics = metrics
-            self.updated_at, self.updated_wall = self.clock(), time.time()
-        if confirm:
-            # Conditions have been better for a while: measure capacity before stepping up
-            # (the gentle probe stream cannot). The check's load would look like loss to the
-            # window, so the window starts afresh afterwards.
-            result = await self.check("session", light=True, apply=False)
-            confirmed = passive_verdict(result.verdict, interface_up=self.passive.interface_up,
-                                        cpu_percent=self.passive.cpu_percent,
-                                        cpu_limit=a.cpu_limit_pct)
-            stepped = hysteresis.confirm(confirmed, self.clock())
-            if stepped is not None:
-                self._set(stepped, result.metrics, "check")
-            window.clear()
-
-    # -- running ------------------------------------------------------------------------------
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> int:
-        from netprobe.agent.api import AgentApi
-
-        api = AgentApi(self)
-        await api.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.request_stop)
-            except NotImplementedError:  # Windows: no signal handlers on the event loop
-                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_stop))
-        with contextlib.suppress(NotImplementedError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
-        logger.info("agent started", extra={"event": "agent_start", "version": __version__,
-                                             "config_path": str(self.config_path or ""),
-                                             "api_port": api.port})
-        tasks = [loop.create_task(self._idle_loop()), loop.create_task(self._passive_loop())]
+    async def _run_check(self, purpose: ev.Purpose, light: bool) -> None:
+        settings = self.settings
+        if light:
+            settings = light_check_settings(settings)
+        waiter = None
+        if purpose == "manual":
+            waiter, self._manual = self._manual, None
         try:
-            await self._stop.wait()
+            result = await run_check_isolated(settings.agent.server, settings)
+        except Exception as exc:
+            if not isinstance(exc, NetprobeError):
+                logger.error("a check crashed", exc_info=True, extra={
+                    "event": "error", "where": "check", "error": type(exc).__name__})
+                exc = NetprobeError(f"the check failed unexpectedly: {type(exc).__name__}")
+            self._feed(ev.CheckFailed(self.clock(), purpose, str(exc)))
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(NetprobeError("the agent is stopping"))
+            raise
+        self._feed(ev.CheckFinished(self.clock(), purpose, result))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    async def _run_monitor(self, link_id: int, settings: Settings) -> None:
+        """One probe stream, until it ends by itself (fed back) or is cancelled (StopMonitor)."""
+        a = settings.agent
+        link = self._monitor_link(
+            a.server, settings, a.monitor_probe_interval_ms / 1000,
+            lambda echo, now: self._feed(ev.EchoReceived(now, link_id, echo)))
+        ended = True
+        try:
+            try:
+                await link.connect(min(MONITOR_CONNECT_CAP_S, settings.probe.connect_timeout_s))
+            except (NetprobeError, TimeoutError) as exc:
+                ended = False
+                self._feed(ev.MonitorConnectFailed(self.clock(), link_id, type(exc).__name__))
+                return
+            self._feed(ev.MonitorConnected(self.clock(), link_id))
+            await link.failed.wait()
+        except Exception as exc:  # a broken stream must end itself, never the agent
+            logger.error("monitoring failed: %s", type(exc).__name__, exc_info=True, extra={
+                "event": "error", "where": "monitor", "error": type(exc).__name__})
+        finally:
+            await link.close()
+        if ended:
+            self._feed(ev.MonitorEnded(self.clock(), link_id))
+
+    # -- the loops ----------------------------------------------------------------------------
+
+    async def _follow_the_clock(self) -> None:
+        """Feed a Tick whenever the policy's next deadline comes (and only then)."""
+        self._feed(ev.Started(self.clock()))
+        while True:
+            deadline = self.policy.next_deadline()
+            self._wake.clear()
+            if deadline is None:
+                await self._wake.wait()
+                continue
+            delay = deadline - self.clock()
+            if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation
+                # that comes as the wake-up does (and the stop path always wakes it)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                continue
+            now = self.clock()
+            self._feed(ev.Tick(now))
+            after = self.policy.next_deadline()
+            if after is not None and after <= now:  # never spin: a bug, and it must show
+                raise RuntimeError(f"the policy's deadline did not move past {now}")
+
+    async def _sample_passive(self) -> None:
+        failing = False
+        while True:
+            try:
+                change = self._sampler.sample()
+            except Exception as exc:  # psutil on a strange system: log once, keep trying
+                if not failing:
+                    logger.error("reading the passive signals failed", exc_info=True, extra={
+                        "event": "error", "where": "passive", "error": type(exc).__name__})
+                failing = True
+            else:
+                failing = False
+                self._feed(ev.PassiveSampled(self.clock(), self._sampler.state, change))
+            await asyncio.sleep(PASSIVE_EVERY_S)
+
+    async def serve(self) -> int:
+        """Run until `request_stop()` (or a failure of the agent itself); then end the
+        session, stop every task and await it. Returns the exit status."""
+        loop = asyncio.get_running_loop()
+        loops = [loop.create_task(self._follow_the_clock(), name="clock"),
+                 loop.create_task(self._sample_passive(), name="passive")]
+        stopping = loop.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({stopping, *loops}, return_when=asyncio.FIRST_COMPLETED)
+            for task in loops:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    logger.error("%s crashed; the agent stops", task.get_name(),
+                                 exc_info=exc, extra={"event": "error", "where": task.get_name(),
+                                                      "error": type(exc).__name__})
+                    self.exit_status = exitcodes.FAILED
         finally:
             await self.stop_session("shutdown")
-            for task in tasks:
+            owned = [stopping, *loops, *([self._check] if self._check else []),
+                     *([self._monitor[1]] if self._monitor else []), *self._closing]
+            for task in owned:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await api.stop()
-            logger.info("agent stopped", extra={"event": "agent_stop", "reason": "signal"})
-        return 0
-
-
-def _unreachable() -> Verdict:
-    return Verdict(UNKNOWN, 0.0, (Reason(
-        "reflector_unreachable",
-        "The test server cannot be reached right now, so the connection cannot be watched. "
-        "If the call also struggles, switch to audio or call by phone."),))
-
-
-def _changed_keys(old: Settings, new: Settings) -> list[str]:
-    changed = []
-    for section in ("probe", "reflector", "privacy", "agent", "thresholds"):
-        a, b = getattr(old, section), getattr(new, section)
-        if a != b:
-            for key in vars(a):
-                if getattr(a, key) != getattr(b, key):
-                    changed.append(f"{section}.{key}")
-    return changed
+            for task in owned:
+                try:
+                    await task  # each ends quietly when cancelled: nothing is left behind
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    if task not in loops:  # (a loop's crash is logged above)
+                        logger.error("%s failed while stopping", task.get_name(),
+                                     exc_info=True, extra={"event": "error",
+                                                           "where": task.get_name(),
+                                                           "error": "stop"})
+        return self.exit_status

@@ -82,6 +82,9 @@ class _Child:
             await proc.stdin.drain()
         except (ConnectionError, BrokenPipeError):
             pass  # it died at once; read() reports that with its stderr
+        except BaseException:  # cancelled while handing over the request: stop it again
+            await asyncio.shield(child.stop())
+            raise
         return child
 
     async def _drain_stderr(self) -> None:
@@ -121,8 +124,24 @@ class _Child:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
+                with contextlib.suppress(TimeoutError):  # reaped, even when cancelled
+                    async with asyncio.timeout(STOP_GRACE_S):
+                        await asyncio.shield(proc.wait())
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._stderr_task)
+            await self._discard_output()
+
+    async def _discard_output(self) -> None:
+        """Read what the child left in its stdout up to the end: a pipe transport that never
+        sees its end stays open after the process exits (asyncio then warns, at loop close,
+        of an unclosed transport)."""
+        stdout = self._proc.stdout
+        if stdout is None:
+            return
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(STOP_GRACE_S):
+                while await stdout.read(65536):
+                    pass
 
     def failure(self, what: str) -> NetprobeError:
         """The error for a child that ended without `what`, with its last stderr lines."""
@@ -258,11 +277,10 @@ def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop,
 
 async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> None:
     from netprobe.webrtc.client import MonitorLink, run_check
-    from netprobe.webrtc.engine import LOOPBACK, is_loopback_url, restrict_host_candidates
+    from netprobe.webrtc.engine import restrict_to_loopback_if_local
 
     kind, url, settings = request[0], request[1], request[2]
-    if is_loopback_url(url):
-        restrict_host_candidates(LOOPBACK)
+    restrict_to_loopback_if_local(url)
     stop = asyncio.Event()
     _watch_stdin(stdin, asyncio.get_running_loop(), stop)
     stopping = asyncio.get_running_loop().create_task(stop.wait())

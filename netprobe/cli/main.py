@@ -1,25 +1,31 @@
 """`netprobe` command line: `check`, `serve` (and `lab`, the link emulator).
 
-Exit status of `check`: 0 video, 10 audio_only, 11 phone, 12 unknown; 2 usage or config error.
+Exit statuses are `netprobe.exitcodes` (documented in docs/check-format.md). Of `check`:
+0 video, 10 audio_only, 11 phone, 12 unknown; 2 usage or config error; 130 stopped by Ctrl-C
+or SIGTERM. Every foreseeable failure is a `NetprobeError`: a message, an exit status, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
-import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
-from netprobe.config import Settings, load_settings
+from netprobe import exitcodes
+from netprobe.config import Settings, load_settings, override, server_url_problem
 from netprobe.errors import ConfigError, NetprobeError
+from netprobe.signals import on_stop_signals, remove_stop_signals
 
-EXIT_USAGE = 2
+EXIT_USAGE = exitcodes.USAGE
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
     agent.set_defaults(func=_cmd_agent)
 
-    from netprobe.service import manager as service
+    from netprobe.service import cli as service
 
     service.add_parser(sub)
     try:
@@ -120,35 +126,77 @@ class _ProgressLine:
             sys.stderr.flush()
 
 
+class _Stopped(Exception):
+    """SIGINT or SIGTERM arrived: the command was cancelled and has cleaned up."""
+
+
+def _run_until_stopped(body: Callable[[], Awaitable[T]]) -> T:
+    """Run `body()` in a new event loop; SIGINT and SIGTERM cancel it (its `finally` blocks
+    run: sessions closed, the reflector freed) and raise `_Stopped`."""
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            stopped = True
+            task.cancel()
+
+        on_stop_signals(loop, stop)
+        try:
+            return await body()
+        except asyncio.CancelledError:
+            if stopped:
+                raise _Stopped from None
+            raise
+        finally:
+            remove_stop_signals(loop)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:  # the signal came as `body` returned: cancelled all the same
+        raise _Stopped from None
+
+
+def _check_server_url(url: str) -> None:
+    problem = server_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"--server: {problem}")
+
+
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from netprobe.cli.report import EXIT_CODES, render_text
     from netprobe.webrtc.client import run_check
-    from netprobe.webrtc.engine import LOOPBACK, is_loopback_url, restrict_host_candidates
+    from netprobe.webrtc.engine import restrict_to_loopback_if_local
 
     if args.max_duration is not None:
-        if args.max_duration < 2:
-            raise ConfigError("--max-duration must be at least 2 seconds")
-        settings = replace(settings, probe=replace(settings.probe,
-                                                   max_duration_s=args.max_duration))
+        settings = replace(settings, probe=override(settings.probe, "--max-duration",
+                                                    max_duration_s=args.max_duration))
+    if args.server is not None:
+        _check_server_url(args.server)
     show = _ProgressLine(sys.stderr.isatty() and not args.no_progress)
 
-    async def main() -> object:
+    async def check() -> object:
         if args.local:
             from netprobe.webrtc.reflector import Reflector
 
-            restrict_host_candidates(LOOPBACK)
             reflector = Reflector(replace(settings.reflector, host="127.0.0.1", port=0))
+            restrict_to_loopback_if_local(reflector.settings.host)
             await reflector.start()
             try:
                 return await run_check(reflector.url, settings, local=True, on_progress=show)
             finally:
                 await reflector.stop()
-        if is_loopback_url(args.server):
-            restrict_host_candidates(LOOPBACK)
+        restrict_to_loopback_if_local(args.server)
         return await run_check(args.server, settings, on_progress=show)
 
     try:
-        result = asyncio.run(main())
+        result = _run_until_stopped(check)
+    except _Stopped:
+        print("netprobe: check stopped before it finished", file=sys.stderr)
+        return exitcodes.INTERRUPTED
     finally:
         show.clear()
     if args.json:
@@ -159,56 +207,44 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from netprobe.webrtc.engine import restrict_host_candidates
+    from netprobe.webrtc.engine import restrict_to_loopback_if_local
     from netprobe.webrtc.reflector import Reflector
 
     r = settings.reflector
-    r = replace(
-        r,
-        host=args.host if args.host is not None else r.host,
-        port=args.port if args.port is not None else r.port,
-        max_sessions=args.max_sessions if args.max_sessions is not None else r.max_sessions,
-        session_timeout_s=args.session_timeout if args.session_timeout is not None
-        else r.session_timeout_s,
-    )
-    if not 0 < r.port < 65536:
-        raise ConfigError("--port must be 1-65535")
-    if r.max_sessions < 1:
-        raise ConfigError("--max-sessions must be at least 1")
+    for flag, key, value in (("--host", "host", args.host), ("--port", "port", args.port),
+                             ("--max-sessions", "max_sessions", args.max_sessions),
+                             ("--session-timeout", "session_timeout_s", args.session_timeout)):
+        if value is not None:
+            r = override(r, flag, **{key: value})
 
-    async def main() -> None:
-        try:
-            if ipaddress.ip_address(r.host).is_loopback:
-                restrict_host_candidates([r.host])
-        except ValueError:
-            pass
+    async def serve() -> None:
+        restrict_to_loopback_if_local(r.host)
         reflector = Reflector(r)
+        await reflector.start()  # CannotListen: port in use, not our address, unknown name
         try:
-            await reflector.start()
-        except OSError as exc:
-            raise NetprobeError(f"cannot listen on {r.host}:{r.port}: {exc.strerror}") from None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"netprobe reflector listening on {reflector.url} "
-              f"(up to {r.max_sessions} sessions); Ctrl-C to stop", file=sys.stderr, flush=True)
-        try:
-            await stop.wait()
+            print(f"netprobe reflector listening on {reflector.url} "
+                  f"(up to {r.max_sessions} sessions); Ctrl-C to stop", file=sys.stderr,
+                  flush=True)
+            await asyncio.Event().wait()  # until SIGINT or SIGTERM cancels it
         finally:
             print("netprobe reflector stopping…", file=sys.stderr, flush=True)
             await reflector.stop()
 
-    asyncio.run(main())
-    return 0
+    try:
+        _run_until_stopped(serve)
+    except _Stopped:
+        pass  # the way a reflector is meant to stop
+    return exitcodes.OK
 
 
 def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
-    from netprobe.agent.runtime import Agent
+    from netprobe.agent.app import Agent
     from netprobe.logs import jsonlog
 
     if args.api_port is not None and not 0 < args.api_port < 65536:
         raise ConfigError("--api-port must be 1-65535")
+    if args.server is not None:
+        _check_server_url(args.server)
     log_file = args.log_file or settings.agent.log_file or None
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     path = Path(log_file) if log_file else jsonlog.default_log_path(
@@ -233,8 +269,9 @@ _OWN_SETTINGS = {"lab", "service"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv`; returns the exit status (`netprobe.exitcodes`)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a bad flag: argparse's message and exit status 2
     _setup_logging(args.verbose)
     try:
         if args.command in _OWN_SETTINGS:
@@ -243,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except ConfigError as exc:
         print(f"netprobe: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except NetprobeError as exc:
         print(f"netprobe: {exc}", file=sys.stderr)
-        return 12 if args.command == "check" else 1
+        return exitcodes.UNKNOWN if args.command == "check" else exitcodes.FAILED
     except KeyboardInterrupt:
         print("netprobe: interrupted", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

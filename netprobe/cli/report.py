@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from netprobe import exitcodes
 from netprobe.core.classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
 from netprobe.core.metrics import DirectionMetrics
 from netprobe.core.result import CheckResult
@@ -16,7 +17,8 @@ VERDICT_LINES = {
     UNKNOWN: "Your connection could not be tested.",
 }
 
-EXIT_CODES = {VIDEO: 0, AUDIO_ONLY: 10, PHONE: 11, UNKNOWN: 12}
+EXIT_CODES = exitcodes.BY_VERDICT
+"""`check`'s exit status by verdict (`netprobe.exitcodes`)."""
 
 
 def _rate(d: DirectionMetrics) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from netprobe.core.measure import LOAD_OVERHEAD_BYTES, delivered_kbps
+from netprobe.core.measure import LOAD_OVERHEAD_BYTES, delivered_kbps, wire_interval_s
 from netprobe.core.wire import LOAD_MAX_SIZE
 
 MIN_PAYLOAD = 60
@@ -43,7 +43,7 @@ class Rung:
     @property
     def interval(self) -> float:
         """Seconds between packets."""
-        return (self.payload_size + LOAD_OVERHEAD_BYTES) * 8 / (self.rate_kbps * 1000)
+        return wire_interval_s(self.payload_size + LOAD_OVERHEAD_BYTES, self.rate_kbps)
 
 
 def make_ladder(rates_kbps: tuple[int, ...] | list[int], pps: float = 200.0) -> tuple[Rung, ...]:
@@ -84,6 +84,10 @@ class RungResult:
     sent_kbps: float | None = None
     """The rate actually sent, kbit/s of wire bytes: below `rung.rate_kbps` when the sender
     could not keep up (a busy CPU). None if nothing was sent."""
+    loss_allowed: bool = False
+    """Passed only thanks to the uncertainty of the link's random loss (it would have failed
+    had the loss been its best estimate), so it may as well have overflowed the bottleneck's
+    queue."""
 
     @property
     def sender_limited(self) -> bool:
@@ -159,9 +163,14 @@ class Ladder:
         base_loss: float,
         is_final: Callable[[int], bool],
         timeout: float,
+        likely_loss: float = 0.0,
     ) -> RungResult | None:
         """Judge the current rung once `is_final(rung)` says every packet is in, or once
-        `timeout` seconds have passed since it should have ended. Returns the new result."""
+        `timeout` seconds have passed since it should have ended. Returns the new result.
+
+        `base_loss` is the most random loss the link may have (a rung that lost no more
+        passes); `likely_loss` its best estimate: a rung that passes only on the difference
+        is marked `loss_allowed` (it may have overflowed the queue)."""
         rung = self.current()
         if rung is None:
             return None
@@ -171,7 +180,7 @@ class Ladder:
             return None
         if final and now < self.end_of(i):
             return None
-        result = self._judge(rung, observe(i), base_loss, final)
+        result = self._judge(rung, observe(i), base_loss, final, likely_loss)
         self.results[i] = result
         self._judged_at[i] = now
         self.version += 1
@@ -183,7 +192,7 @@ class Ladder:
         return result
 
     def _judge(self, rung: Rung, obs: RungObservation | None, base_loss: float,
-               final: bool) -> RungResult:
+               final: bool, likely_loss: float = 0.0) -> RungResult:
         if obs is None or obs.sent == 0:
             return RungResult(rung, False, None, 0.0, final)
         ratio = min(1.0, obs.received / obs.sent)
@@ -191,13 +200,14 @@ class Ladder:
         # The link is judged on what was offered to it: a sender its own busy machine held
         # back sent fewer packets, and they arrive at that lower rate, not the rung's.
         sent_kbps = rung.rate_kbps * min(1.0, obs.sent * rung.interval / self.duration)
-        keep = 1.0 - min(max(base_loss, 0.0), 0.9)
-        passed = (
-            rate is not None
-            and ratio >= self.pass_ratio * keep
-            and rate >= self.pass_ratio * keep * sent_kbps
-        )
-        return RungResult(rung, passed, rate, ratio, final, sent_kbps)
+        def passes(loss: float) -> bool:
+            keep = 1.0 - min(max(loss, 0.0), 0.9)
+            return rate is not None and ratio >= self.pass_ratio * keep \
+                and rate >= self.pass_ratio * keep * sent_kbps
+
+        passed = passes(base_loss)
+        return RungResult(rung, passed, rate, ratio, final, sent_kbps,
+                          loss_allowed=passed and not passes(min(likely_loss, base_loss)))
 
     def capacity(self) -> tuple[float | None, bool]:
         """(kbit/s, at_least). `at_least` when no judged rung failed: the link carried
@@ -267,12 +277,13 @@ class Ladder:
                 for i, r in self.results.items() if not r.passed and i in self._judged_at]
 
     def near_capacity(self, index: int) -> bool:
-        """True for a rung that failed, and for the last rung that passed before one failed:
-        it ran close to the link's capacity, so it may have filled the bottleneck queue."""
+        """True for a rung that failed, for the last rung that passed before one failed, and
+        for a rung that passed only thanks to the allowance for random loss: it ran close to
+        the link's capacity, so it may have filled the bottleneck queue."""
         result = self.results.get(index)
         if result is None:
             return False
-        if not result.passed:
+        if not result.passed or result.loss_allowed:
             return True
         after = self.results.get(index + 1)
         return after is not None and not after.passed

@@ -7,10 +7,17 @@ the client asked for. If the client's probes stop arriving, the downlink load st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from netprobe.core.measure import JitterEstimator, RungArrivals, SequenceTracker
-from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport
+from netprobe.core.measure import (
+    LOAD_OVERHEAD_BYTES,
+    JitterEstimator,
+    RungArrivals,
+    SequenceTracker,
+    wire_interval_s,
+)
+from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport, encode_load
 
 #: A probe counts as lost only once this many later probes have arrived: a probe that is
 #: merely overtaken (reordering, jitter) must not count as lost, then found.
@@ -21,6 +28,8 @@ REQUEST_TTL = 1.0
 #: the latest is the one being measured; keeping echoes small keeps slow links unloaded).
 REPORTED_UP_RUNGS = 1
 REPORTED_DOWN_RUNGS = 2
+#: Smallest downlink load payload the reflector sends (bytes).
+MIN_DOWN_PAYLOAD = 64
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,16 @@ class DownRequest:
     rate_kbps: int
     payload_size: int
     duration_s: float
+
+    @property
+    def packet_size(self) -> int:
+        """Payload bytes of each packet sent (at least `MIN_DOWN_PAYLOAD`)."""
+        return max(self.payload_size, MIN_DOWN_PAYLOAD)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between packets for the requested rate (wire bytes)."""
+        return wire_interval_s(self.packet_size + LOAD_OVERHEAD_BYTES, self.rate_kbps)
 
 
 class Responder:
@@ -119,3 +138,13 @@ class Responder:
         self._down_seq += 1
         self._down_sent[request.rung] = self._down_sent.get(request.rung, 0) + 1
         return load
+
+    def down_step(self, now: float) -> tuple[float, Callable[[float], bytes]] | None:
+        """The downlink load pacer's schedule: (seconds to the next packet, build(send
+        time)), or None while no rung is to be sent (a probe may ask for one: wake the
+        pacer then)."""
+        request = self.down_request(now)
+        if request is None:
+            return None
+        return request.interval, lambda at: encode_load(self.next_down_load(request, at),
+                                                        request.packet_size)

@@ -1,9 +1,10 @@
 """The client side of a check, as a pure state machine (sans-I/O, `now` always passed in).
 
-The engine (`probe.py`) feeds it what arrives (echoes, downlink load packets) and asks it
-what to send (probes, uplink load) and whether to stop. It turns everything into
-`LinkMetrics`, and into optimistic/pessimistic bounds so that a check can stop as soon as
-no further measurement could change the verdict.
+The engine (`webrtc/client.py`) feeds it what arrives (echoes, downlink load packets), asks
+it what to send (probes, uplink load), and calls `step(now)` on every echo and at the
+deadline `step` returned: the session says when it next needs to run, nobody polls it.
+It turns everything into `LinkMetrics`, and into optimistic/pessimistic bounds so that a
+check can stop as soon as no further measurement could change the verdict.
 
 Figures are taken from *calm* periods only: while a ladder rung saturates a direction (and
 while its queue drains), probes measure our own congestion, not the link. Their RTT is
@@ -13,34 +14,48 @@ reported apart (`rtt_loaded_ms`) and their losses are not counted as the link's 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from netprobe.config import ProbeSettings
 from netprobe.core.classify import VIDEO, Thresholds, classify
-from netprobe.core.emodel import estimate_audio_quality
 from netprobe.core.ladder import Ladder, Rung, RungObservation, make_ladder
 from netprobe.core.measure import (
-    PROBE_OVERHEAD_BYTES,
     JitterEstimator,
     RungArrivals,
     SequenceTracker,
     percentile,
+    round_trip_s,
     wilson_interval,
+    wire_interval_s,
 )
 from netprobe.core.metrics import DirectionMetrics, LinkMetrics
-from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport
+from netprobe.core.pacing import ECHO_WIRE_BYTES, probe_wire_bytes
+from netprobe.core.sampling import (
+    HUGE_MS,
+    JITTER_WARMUP,
+    MIN_LOSS_SAMPLES,
+    Analysis,
+    Counts,
+    EchoSample,
+    analyse,
+    audio_mos,
+    random_loss,
+)
+from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport, encode_load, encode_probe
+
+__all__ = ["DEADLINE_MARGIN_S", "JITTER_WARMUP", "MIN_LOSS_SAMPLES", "STOP_REASONS",
+           "ClientSession", "Progress", "check_deadline"]
+
+#: Builds a packet's payload given its send time (called as the packet leaves).
+Build = Callable[[float], bytes]
 
 BIG_KBPS = 1e9
-#: A finite stand-in for "could be anything" in the pessimistic bounds (ms).
-HUGE_MS = 1e6
 #: Loss above this (percent) decides every verdict by itself: no need to measure it finer.
 LOSS_DECISIVE_PCT = 15.0
 #: Half-width (percentage points, 95 %) the loss figure must reach before stopping early.
+#: No loss seen is no exception: 0 of 50 still allows 7 % (0 of 128 reaches 1.5 points).
 LOSS_PRECISION_PTS = 1.5
-#: Calm packets without a single loss after which 0 % loss is reported without sharpening.
-MIN_CLEAN_SAMPLES = 100
-#: Calm probes needed before their loss is allowed for when judging a rung.
-MIN_LOSS_SAMPLES = 20
 #: Stop sharpening the loss figure this long before the deadline (seconds).
 PRECISION_RESERVE_S = 4.0
 #: Probes and echoes may use at most this share of a direction's measured capacity; on a
@@ -54,61 +69,23 @@ MIN_REORDER_MARGIN_S = 0.02
 MAX_REORDER_MARGIN_S = 0.5
 #: Consecutive RTT samples looked at to tell that the probes themselves flood the link.
 FLOOD_SAMPLES = 10
-#: An echo's size on the wire (IP bytes), for pacing probes on slow links.
-ECHO_WIRE_BYTES = 110 + PROBE_OVERHEAD_BYTES
-#: RFC 3550 jitter starts at 0 and converges with gain 1/16: skip its first samples.
-JITTER_WARMUP = 16
+
+#: The engine stops this long before the hard cap (`max_duration_s`), to report in time.
+DEADLINE_MARGIN_S = 0.2
+
+#: Why a check ended (`ClientSession.stop_reason`):
+#: `measured`: both ladders found what they could and the loss figure is precise;
+#: `settled`: the verdict was certain before the ladders finished, the loss figure precise;
+#: `precision_reserve`: the verdict was settled but the loss figure still too coarse when
+#: the last `PRECISION_RESERVE_S` before the deadline began (sharpening stops there);
+#: `deadline`: the deadline came before the verdict was certain.
+STOP_REASONS = ("measured", "settled", "precision_reserve", "deadline")
 
 
-@dataclass(frozen=True)
-class _EchoSample:
-    seq: int
-    """Echo sequence number."""
-    probe_sent_at: float
-    """When the answered probe left the client (client clock)."""
-    rtt: float
-    """Round-trip time in seconds."""
-    up_received: int
-    up_highest: int
-    up_jitter: float
-    down_jitter: float
-    """The client's downlink jitter estimate right after this echo, seconds."""
-    index: int
-    """Order of arrival (for the jitter estimator's warm-up)."""
-
-
-@dataclass(frozen=True)
-class _Counts:
-    lost: int = 0
-    expected: int = 0
-
-    def __add__(self, other: _Counts) -> _Counts:
-        return _Counts(self.lost + other.lost, self.expected + other.expected)
-
-    @property
-    def fraction(self) -> float:
-        return self.lost / self.expected if self.expected else 0.0
-
-
-@dataclass(frozen=True)
-class _Analysis:
-    idle_rtts: list[float]
-    """RTT samples (ms) of probes sent while no rung was running at all."""
-    calm_rtts: list[float]
-    """RTT samples (ms) of probes sent while the link was calm (idle or a rung well below
-    capacity)."""
-    loaded_rtts: list[float]
-    """RTT samples (ms) of probes sent while a rung too fast for the link was being sent
-    (the queue full: bufferbloat)."""
-    up_probes: _Counts
-    down_probes: _Counts
-    up_loss: _Counts
-    """Probes plus load of rungs well below capacity."""
-    down_loss: _Counts
-    up_jitters: list[float]
-    down_jitters: list[float]
-    loaded_until: float
-    """End of the latest loaded window (inf while a rung is being judged)."""
+def check_deadline(check_started_at: float, settings: ProbeSettings) -> float:
+    """When the engine ends a check that began at `check_started_at` (connection set-up
+    included) whatever the session says: `DEADLINE_MARGIN_S` before the hard cap."""
+    return check_started_at + settings.max_duration_s - DEADLINE_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -139,7 +116,7 @@ class ClientSession:
         self.down = Ladder(self.rungs, settings.rung_duration_s, settings.pass_ratio)
         self._probe_seq = 0
         self._echoes = SequenceTracker()
-        self._samples: list[_EchoSample] = []
+        self._samples: list[EchoSample] = []
         self._down_jitter = JitterEstimator()
         self._up_reports: dict[int, RungReport] = {}
         self._up_final: dict[int, RungReport | None] = {}
@@ -156,7 +133,9 @@ class ClientSession:
         self._calm_from = now
         self._arrivals: list[float] = []
         self._flood_mark = 0
-        self._cache: tuple[tuple[int, int, int], _Analysis] | None = None
+        self._cache: tuple[tuple[int, int, int], Analysis] | None = None
+        self.stop_reason: str | None = None
+        """Why the check ended (one of `STOP_REASONS`), None while it runs."""
 
     # -- what to send ------------------------------------------------------------------
 
@@ -178,6 +157,20 @@ class ClientSession:
         """The uplink rung to send now, or None."""
         return self.up.sending(now)
 
+    def probe_step(self, now: float) -> tuple[float, Build]:
+        """The probe pacer's schedule: (seconds to the next probe, build(send time))."""
+        return self.probe_interval, lambda at: encode_probe(self.next_probe(at),
+                                                            self.settings.probe_size)
+
+    def up_load_step(self, now: float) -> tuple[float, Build] | None:
+        """The uplink load pacer's schedule: (seconds to the next packet, build(send
+        time)), or None while no rung is being sent."""
+        rung = self.up.sending(now)
+        if rung is None:
+            return None
+        return rung.interval, lambda at: encode_load(self.next_up_load(rung, at),
+                                                     rung.payload_size)
+
     def next_up_load(self, rung: Rung, now: float) -> Load:
         load = Load(rung.index, self._up_load_seq, now)
         self._up_load_seq += 1
@@ -191,7 +184,7 @@ class ClientSession:
             return
         self._version += 1
         self._down_jitter.update(echo.sent_at, now)
-        rtt = now - echo.probe_sent_at - max(0.0, echo.hold)
+        rtt = round_trip_s(now, echo.probe_sent_at, echo.hold)
         reports = {r.rung: r for r in echo.up_rungs}
         for rung, report in reports.items():
             old = self._up_reports.get(rung)
@@ -209,7 +202,7 @@ class ClientSession:
                 self._down_final.setdefault(rung, now)
         self._arrivals.append(now)
         if rtt >= 0:
-            self._samples.append(_EchoSample(
+            self._samples.append(EchoSample(
                 echo.seq, echo.probe_sent_at, rtt, echo.up_probes_received,
                 echo.up_probes_highest, echo.up_jitter, self._down_jitter.jitter,
                 len(self._samples)))
@@ -220,94 +213,16 @@ class ClientSession:
 
     # -- calm and loaded periods -------------------------------------------------------------
 
-    def _analysis(self) -> _Analysis:
+    def _analysis(self) -> Analysis:
         """Everything derived from the samples, recomputed only when something changed."""
         key = (self._version, self.up.version, self.down.version)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._analyse())
+            self._cache = (key, analyse(self._samples, self.started_at, self._slowed_at,
+                                        self.up, self.down, self._observe_up,
+                                        self._observe_down))
         return self._cache[1]
 
-    def _analyse(self) -> _Analysis:
-        up_w, down_w = self.up.loaded_windows(), self.down.loaded_windows()
-        if self._slowed_at is not None:
-            # Until the probes were slowed down they overloaded the link themselves (and for
-            # as long again as the queue they built takes to drain: `_with_drain`).
-            flooded = (self.started_at, self._slowed_at)
-            up_w, down_w = up_w + [flooded], down_w + [flooded]
-        up_w, down_w = self._with_drain(up_w), self._with_drain(down_w)
-        both = up_w + down_w
-        active = self.up.active_windows() + self.down.active_windows() + both
-
-        def loaded(start: float, end: float, windows: list[tuple[float, float]]) -> bool:
-            return any(ws <= end and start <= we for ws, we in windows)
-
-        full = self.up.failed_windows() + self.down.failed_windows()
-        idle_rtt, calm_rtt, loaded_rtt, up_jit, down_jit = [], [], [], [], []
-        for s in self._samples:
-            t = s.probe_sent_at
-            if not loaded(t, t, both):
-                calm_rtt.append(s.rtt * 1000)
-            if loaded(t, t, full):
-                loaded_rtt.append(s.rtt * 1000)
-            if not loaded(t, t, active):
-                idle_rtt.append(s.rtt * 1000)
-            if s.index >= JITTER_WARMUP:
-                if not loaded(t, t, up_w):
-                    up_jit.append(s.up_jitter * 1000)
-                if not loaded(t, t, down_w):
-                    down_jit.append(s.down_jitter * 1000)
-
-        # Probe and echo losses, over calm stretches only. Consecutive echoes (in sequence
-        # order) bound a stretch: the echo numbers missing between them were lost on the
-        # downlink, and the reflector's cumulative counters in them tell how many probes of
-        # the stretch it received on the uplink.
-        # Uplink: the reflector's "lost so far" (highest + 1 - received) may go down again
-        # when a reordered probe turns up late, so a stretch's loss is the change in it.
-        up_lost = up_expected = 0
-        down = _Counts()
-        prev_seq, prev_t, prev_lost, prev_hi = -1, self.started_at, 0, -1
-        for s in sorted(self._samples, key=lambda x: x.seq):
-            t = s.probe_sent_at
-            lost_so_far = s.up_highest + 1 - s.up_received
-            if not loaded(prev_t, t, up_w):
-                up_lost += lost_so_far - prev_lost
-                up_expected += max(0, s.up_highest - prev_hi)
-            if not loaded(prev_t, t, down_w):
-                down += _Counts(s.seq - prev_seq - 1, s.seq - prev_seq)
-            prev_seq, prev_t, prev_lost = s.seq, t, lost_so_far
-            prev_hi = max(prev_hi, s.up_highest)
-        up = _Counts(min(max(0, up_lost), up_expected), up_expected)
-
-        # Load of rungs that passed well below capacity (a rung close to it may have
-        # overflowed the queue: its drops are ours, not the link's).
-        load_up = load_down = _Counts()
-        for ladder, observe, which in ((self.up, self._observe_up, "up"),
-                                       (self.down, self._observe_down, "down")):
-            for i, result in ladder.results.items():
-                obs = observe(i)
-                if result.passed and not ladder.near_capacity(i) and obs is not None:
-                    counts = _Counts(max(0, obs.sent - obs.received), obs.sent)
-                    if which == "up":
-                        load_up += counts
-                    else:
-                        load_down += counts
-        return _Analysis(idle_rtt, calm_rtt, loaded_rtt, up, down, up + load_up, down + load_down,
-                         up_jit, down_jit, max((we for _, we in both), default=0.0))
-
-    def _with_drain(self, windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        """Extend each loaded window by the queueing delay seen in it: a queue needs as long
-        to drain as the extra delay it built."""
-        if not self._samples or not windows:
-            return windows
-        base = min(s.rtt for s in self._samples)
-        out = []
-        for ws, we in windows:
-            peak = max((s.rtt for s in self._samples if ws <= s.probe_sent_at <= we),
-                       default=base)
-            out.append((ws, we + (peak - base)))
-        return out
-
-    def _loss_counts(self) -> tuple[_Counts, _Counts]:
+    def _loss_counts(self) -> tuple[Counts, Counts]:
         a = self._analysis()
         return a.up_loss, a.down_loss
 
@@ -320,28 +235,78 @@ class ClientSession:
             return None
         return percentile([s.rtt for s in self._samples[-20:]], 50)
 
+    def step(self, now: float) -> float | None:
+        """Do everything due at `now` (`tick`, then the stopping rule). Returns the latest
+        time to step again (an echo arriving sooner is reason to step then), or None once
+        the check is over: `stop_reason` says why."""
+        self.tick(now)
+        if self.finished(now):
+            return None
+        if now >= self.deadline:
+            self.stop_reason = "deadline"
+            return None
+        return self.next_deadline(now)
+
     def tick(self, now: float) -> None:
         """Start the ladders after the warm-up, and judge rungs whose evidence is in."""
         if not self.up.started:
             if self._probes_flooding():
                 self._slow_probes_to_echo_spacing(now)
-            elif now - self.started_at >= self.settings.warmup_s and now >= self._calm_from \
-                    and len(self._samples) >= FLOOD_SAMPLES \
-                    and len(self._samples) - self._flood_mark >= 3:
+            elif self._ready_for_ladder(now):
                 self.up.start(now)
                 self.down.start(now)
-        timeout = 1.0 + 2 * (self.rtt_estimate or 0.0)
+        timeout = self._rung_timeout()
         a = self._analysis()
         # Allow for random loss generously (the upper end of its 95 % interval): a rung that
         # only lost what the link loses anyway must not be taken for a saturated one.
-        up_loss, down_loss = _random_loss(a.up_probes), _random_loss(a.down_probes)
+        up_loss, down_loss = random_loss(a.up_probes), random_loss(a.down_probes)
         margin = self._reorder_margin()
         self.up.evaluate(now, self._observe_up, up_loss, lambda i: i in self._up_final,
-                         timeout)
+                         timeout, a.up_probes.fraction)
         self.down.evaluate(now, self._observe_down, down_loss,
                            lambda i: now >= self._down_final.get(i, math.inf) + margin,
-                           timeout)
+                           timeout, a.down_probes.fraction)
         self._pace_probes(now)
+
+    def _ready_for_ladder(self, now: float) -> bool:
+        """The warm-up is over: enough RTT samples, no queue of the probes' own left, and
+        (unless the probes had to be slowed down) at least `MIN_LOSS_SAMPLES` calm probes
+        counted each way, so that a rung's judgement can allow for the link's random loss.
+        Judged on fewer, a rung that lost only what the link loses anyway fails, and the
+        loss-thinned rate it delivered is reported as the link's capacity."""
+        if now - self.started_at < self.settings.warmup_s or now < self._calm_from:
+            return False
+        if len(self._samples) < FLOOD_SAMPLES or len(self._samples) - self._flood_mark < 3:
+            return False
+        a = self._analysis()
+        return self._slowed_at is not None or \
+            min(a.up_probes.expected, a.down_probes.expected) >= MIN_LOSS_SAMPLES
+
+    def _rung_timeout(self) -> float:
+        """How long after its end a rung without final evidence is judged anyway (s)."""
+        return 1.0 + 2 * (self.rtt_estimate or 0.0)
+
+    def next_deadline(self, now: float) -> float:
+        """The next time something becomes due without a packet arriving: the warm-up's
+        end, a rung's end or timeout, the reorder margin after a downlink rung finished,
+        the least probing time, the end of a loaded window, the precision reserve, the
+        deadline. Everything else happens on an echo's arrival."""
+        due = [self.deadline, self.started_at + self.settings.min_probe_s,
+               self.deadline - PRECISION_RESERVE_S]
+        if not self.up.started:
+            due.append(max(self.started_at + self.settings.warmup_s, self._calm_from))
+        timeout, margin = self._rung_timeout(), self._reorder_margin()
+        for ladder in (self.up, self.down):
+            rung = ladder.current()
+            if rung is not None:
+                end = ladder.end_of(rung.index)
+                due += [end, end + timeout]
+        rung = self.down.current()
+        if rung is not None and rung.index in self._down_final:
+            due.append(self._down_final[rung.index] + margin)
+        if self.up.done and self.down.done:
+            due.append(self._analysis().loaded_until)
+        return min((t for t in due if t > now), default=self.deadline)
 
     def _reorder_margin(self) -> float:
         """How far a packet may lag one sent after it (s): the spread of recent RTTs. The
@@ -382,11 +347,11 @@ class ClientSession:
     def _pace_probes(self, now: float) -> None:
         """Space probes out on a link too slow for them (known once a rung failed)."""
         needed = self.probe_interval
-        for ladder, wire in ((self.up, self.settings.probe_size + PROBE_OVERHEAD_BYTES),
+        for ladder, wire in ((self.up, probe_wire_bytes(self.settings.probe_size)),
                              (self.down, ECHO_WIRE_BYTES)):
             kbps, at_least = ladder.capacity()
             if kbps is not None and not at_least and kbps > 0:
-                needed = max(needed, wire * 8 / (PROBE_SHARE * kbps * 1000))
+                needed = max(needed, wire_interval_s(wire, PROBE_SHARE * kbps))
             elif kbps == 0:
                 needed = MAX_PROBE_INTERVAL_S
         needed = min(needed, MAX_PROBE_INTERVAL_S)
@@ -399,34 +364,40 @@ class ClientSession:
         return any(ladder.aborted or not ladder.done for ladder in (self.up, self.down))
 
     def finished(self, now: float) -> bool:
-        """True when more measuring cannot change the verdict or sharpen its figures."""
+        """True when more measuring cannot change the verdict or sharpen its figures (then
+        `stop_reason` says which)."""
         if now - self.started_at < self.settings.min_probe_s:
             return False
         sharpen = now < self.deadline - PRECISION_RESERVE_S
         if self.up.done and self.down.done:
             # Measured all we wanted; let a saturated queue drain and the loss figure settle
             # on calm probes while time allows.
-            a = self._analysis()
-            return not sharpen or (now >= a.loaded_until and self._loss_precise())
+            done = now >= self._analysis().loaded_until and self._loss_precise()
+            if done or not sharpen:
+                self.stop_reason = "measured" if done else "precision_reserve"
+                return True
+            return False
         optimistic, pessimistic = self.bounds()
         best = classify(optimistic, self.thresholds)
         if best.verdict != classify(pessimistic, self.thresholds).verdict:
             return False
         if best.verdict == VIDEO:
             return False  # finish the ladder: the figures must tell 1.5 from 5 Mbit/s
-        if sharpen and not self._loss_precise():
+        precise = self._loss_precise()
+        if sharpen and not precise:
             return False  # the verdict is settled; sharpen the loss figure while time allows
         self.up.abort(now)
         self.down.abort(now)
+        self.stop_reason = "settled" if precise else "precision_reserve"
         return True
 
     def _loss_precise(self) -> bool:
+        """Each direction's loss figure is clearly above `LOSS_DECISIVE_PCT` or known to
+        within `LOSS_PRECISION_PTS` (95 %), a figure of 0 lost included."""
         for counts in self._loss_counts():
             lo, hi = wilson_interval(counts.lost, counts.expected)
             if 100 * lo > LOSS_DECISIVE_PCT:
                 continue
-            if counts.lost == 0 and counts.expected >= MIN_CLEAN_SAMPLES:
-                continue  # no loss at all so far: 0 % is the honest figure
             if 100 * (hi - lo) / 2 > LOSS_PRECISION_PTS:
                 return False
         return True
@@ -478,7 +449,7 @@ class ClientSession:
         return LinkMetrics(
             rtt_ms=rtt,
             rtt_loaded_ms=percentile(loaded, 50) if loaded else None,
-            mos_audio=_mos(rtt, [up_loss, down_loss], [up_jitter, down_jitter]),
+            mos_audio=audio_mos(rtt, [up_loss, down_loss], [up_jitter, down_jitter]),
             up=DirectionMetrics(up_kbps, up_least, up_loss, up_jitter, up_counts.expected),
             down=DirectionMetrics(down_kbps, down_least, down_loss, down_jitter,
                                   down_counts.expected),
@@ -515,29 +486,10 @@ class ClientSession:
             jitters = [jit[0][k], jit[1][k]]
             return LinkMetrics(
                 rtt_ms=rtt,
-                mos_audio=_mos(rtt, losses, jitters),
+                mos_audio=audio_mos(rtt, losses, jitters),
                 up=DirectionMetrics(min(up_rate, BIG_KBPS), True, losses[0], jitters[0]),
                 down=DirectionMetrics(min(down_rate, BIG_KBPS), True, losses[1], jitters[1]),
                 connected=True,
             )
 
         return side(True), side(False)
-
-
-def _random_loss(counts: _Counts) -> float:
-    """The link's own loss to allow for when judging a rung: the upper end of its 95 %
-    interval once enough calm probes were counted, the plain share lost before that (the
-    upper end of a handful of samples would excuse any shortfall)."""
-    if counts.expected < MIN_LOSS_SAMPLES:
-        return counts.fraction
-    return wilson_interval(counts.lost, counts.expected)[1]
-
-
-def _mos(rtt_ms: float | None, losses: list[float | None],
-         jitters: list[float | None]) -> float | None:
-    if rtt_ms is None:
-        return None
-    loss = max((x for x in losses if x is not None), default=0.0)
-    jitter = max((x for x in jitters if x is not None), default=0.0)
-    finite = [v if math.isfinite(v) else HUGE_MS for v in (rtt_ms, jitter)]
-    return estimate_audio_quality(finite[0], min(max(loss, 0.0), 100.0), finite[1]).mos

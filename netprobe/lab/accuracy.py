@@ -18,15 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netprobe.lab.link import LinkConfig
+from netprobe.config import ProbeSettings
+from netprobe.core import pacing
+from netprobe.core.pacing import probe_wire_bytes, serialisation_ms
+from netprobe.lab.errors import LabError
 from netprobe.lab.linklab import LinkLab
 from netprobe.lab.profiles import Profile
 
 PORT = 8765
 NETPROBE = (sys.executable, "-m", "netprobe")
-#: Probe and echo packet sizes on the wire (IP bytes), for the serialisation part of the RTT.
-PROBE_WIRE_BYTES = 40 + 62
-ECHO_WIRE_BYTES = 94 + 62
+#: Probe and echo packet sizes on the wire (IP bytes), for the serialisation part of the RTT:
+#: the check's own figures (`netprobe.core.pacing`), for the default probe size.
+PROBE_WIRE_BYTES = probe_wire_bytes(ProbeSettings().probe_size)
+ECHO_WIRE_BYTES = pacing.ECHO_WIRE_BYTES
 #: The probe's top rung (kbit/s): rates at or above it are reported as "at least".
 CEILING_KBPS = 3200
 
@@ -62,19 +66,13 @@ class AccuracyRow:
         return not self.problems
 
 
-def _serialisation_ms(size: int, cfg: LinkConfig) -> float:
-    if cfg.rate_kbps is None or cfg.rate_kbps <= 0:
-        return 0.0
-    return size * 8 / cfg.rate_kbps
-
-
 def true_rtt_ms(profile: Profile) -> float | None:
     """The RTT a probe should see on an idle link: propagation plus the time the bottleneck
     takes to serialise one probe (uplink) and one echo (downlink)."""
     if profile.expect is None or profile.expect.rtt_ms is None:
         return None
-    return (profile.expect.rtt_ms + _serialisation_ms(PROBE_WIRE_BYTES, profile.up)
-            + _serialisation_ms(ECHO_WIRE_BYTES, profile.down))
+    return (profile.expect.rtt_ms + serialisation_ms(PROBE_WIRE_BYTES, profile.up.rate_kbps)
+            + serialisation_ms(ECHO_WIRE_BYTES, profile.down.rate_kbps))
 
 
 def judge(row: AccuracyRow) -> list[str]:
@@ -118,7 +116,7 @@ async def start_reflector(lab: LinkLab, port: int = PORT,
     assert server.stderr is not None
     line = await asyncio.wait_for(server.stderr.readline(), timeout)
     if b"listening" not in line:
-        raise RuntimeError(f"the reflector did not start: {line.decode(errors='replace')}")
+        raise LabError(f"the reflector did not start: {line.decode(errors='replace')}")
     return server
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shlex
 import signal
@@ -21,15 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from netprobe import exitcodes
 from netprobe.errors import ConfigError
 from netprobe.lab.errors import LabError
 from netprobe.lab.linklab import LinkLab, run_command
 from netprobe.lab.netns import check_lab_available, remove_stale_namespaces
 from netprobe.lab.profiles import default_profiles_path, describe_profiles, load_profile
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = exitcodes.USAGE
 """Bad profiles file, unknown profile, or nothing to run."""
-EXIT_UNAVAILABLE = 3
+EXIT_UNAVAILABLE = exitcodes.UNAVAILABLE
 """The lab cannot run on this machine, or setting it up failed."""
 
 
@@ -98,12 +100,19 @@ def run(args: argparse.Namespace) -> int:
             cmd = cmd[1:]
         if command == "run" and not cmd:
             return _fail("nothing to run: give the command after --", EXIT_CONFIG)
+        wait = getattr(args, "server_wait", 0.0)
+        if not (math.isfinite(wait) and wait >= 0):
+            return _fail(f"--server-wait must be a number of seconds >= 0, got {wait}",
+                         EXIT_CONFIG)
+        try:
+            server_argv = shlex.split(args.server_cmd) if args.server_cmd else None
+        except ValueError as exc:  # unbalanced quotes
+            return _fail(f"--server-cmd {args.server_cmd!r}: {exc}", EXIT_CONFIG)
         reason = check_lab_available()
         if reason is not None:
             return _fail(reason, EXIT_UNAVAILABLE)
         profile_name = args.profile
         profile = load_profile(profile_name, args.profiles)
-        server_argv = shlex.split(args.server_cmd) if args.server_cmd else None
         if command == "run":
             return run_command(
                 profile,
@@ -160,9 +169,9 @@ def _shell(profile: Any, server_argv: list[str] | None) -> int:
     try:
         return asyncio.run(main())
     except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+        return exitcodes.INTERRUPTED
     except asyncio.CancelledError:  # SIGTERM: the lab cancelled us after tearing down
-        return 128 + signal.SIGTERM
+        return exitcodes.TERMINATED
 
 
 def _fail(message: str, status: int) -> int:

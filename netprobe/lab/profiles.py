@@ -5,13 +5,18 @@ A profile names the conditions of both directions of the link (``up`` is client 
 sound pre-session check should conclude on it (``expect``). The file's format is documented in
 ``docs/lab.md`` and by the comments in the starter file.
 
-Errors are `ConfigError` naming the file, the profile and the key.
+Errors are `ConfigError` naming the file, the profile and the key. A trace file that is not
+there (or cannot be read) is a `TraceUnavailable`, and fails only the profiles that use it: the
+traces live outside the repository (``../shared/traces`` from the project root, or wherever
+``$NETPROBE_TRACES`` points).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,29 @@ from netprobe.lab.link import GilbertElliott, LinkConfig
 #: The project root when running from the source tree (``netprobe/lab/profiles.py`` → root).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+#: Environment variable naming the directory that holds the mahimahi traces.
+TRACES_ENV = "NETPROBE_TRACES"
+_TRACES_HINT = f" (set {TRACES_ENV} to the directory that holds the traces)"
+
 #: Verdicts a pre-session check can give (``unknown`` when it could not measure at all).
 VERDICTS = ("video", "audio_only", "phone", "unknown")
 
 _LINK_KEYS = {f.name for f in dataclasses.fields(LinkConfig)} - {"trace_name"}
 _GILBERT_KEYS = {f.name for f in dataclasses.fields(GilbertElliott)}
+
+
+class TraceUnavailable(ConfigError):
+    """A profile's trace file is missing or unreadable: that profile cannot be loaded, the
+    others can. The message names the profile, the trace and every place looked in."""
+
+
+def traces_dir() -> Path:
+    """Where the mahimahi traces are: ``$NETPROBE_TRACES`` if set, else ``../shared/traces``
+    from the project root (the copy of ``shared/`` beside the checkout)."""
+    override = os.environ.get(TRACES_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return (PROJECT_ROOT.parent / "shared" / "traces").resolve()
 
 
 @dataclass(frozen=True)
@@ -102,11 +125,47 @@ def default_profiles_path() -> Path:
     return Path(__file__).resolve().parents[1] / "_config" / "lab-profiles.toml"
 
 
-def load_profiles(path: Path | None = None) -> dict[str, Profile]:
-    """Every profile in the file, traces loaded; the first problem raises `ConfigError`."""
+class ProfileSet(Mapping[str, Profile]):
+    """The profiles of one file, by name, in file order. Looking up a profile whose trace
+    file is unavailable raises its `TraceUnavailable`; every other profile loads normally."""
+
+    def __init__(self, profiles: dict[str, Profile],
+                 unavailable: dict[str, TraceUnavailable], order: list[str]) -> None:
+        self._profiles = profiles
+        self.unavailable = unavailable
+        """Profiles that cannot be loaded because of their trace, with the reason."""
+        self._order = order
+
+    def __getitem__(self, name: str) -> Profile:
+        if name in self.unavailable:
+            raise self.unavailable[name]
+        return self._profiles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def available(self) -> dict[str, Profile]:
+        """The profiles that loaded, in file order."""
+        return {name: self._profiles[name] for name in self._order if name in self._profiles}
+
+
+def load_profiles(path: Path | None = None) -> ProfileSet:
+    """Every profile in the file, traces loaded. A problem in the file itself raises
+    `ConfigError` at once; a missing or unreadable trace fails only the profiles using it
+    (they raise `TraceUnavailable` when looked up)."""
     path = path or default_profiles_path()
     table = _profiles_table(path)
-    return {name: _build(path, table, name) for name in table}
+    profiles: dict[str, Profile] = {}
+    unavailable: dict[str, TraceUnavailable] = {}
+    for name in table:
+        try:
+            profiles[name] = _build(path, table, name)
+        except TraceUnavailable as exc:
+            unavailable[name] = exc
+    return ProfileSet(profiles, unavailable, list(table))
 
 
 def load_profile(name: str, path: Path | None = None) -> Profile:
@@ -133,9 +192,11 @@ def load_trace(path: Path) -> tuple[int, ...]:
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise ConfigError(f"trace file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"trace file {path} cannot be read: {exc}") from None
+        raise TraceUnavailable(f"trace file not found: {path}{_TRACES_HINT}") from None
+    except OSError as exc:
+        raise TraceUnavailable(f"trace file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"trace file {path} is not a mahimahi trace: {exc}") from None
     values: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -263,7 +324,7 @@ def _link_config(path: Path, where: str, raw: Any) -> LinkConfig:
         try:
             kwargs["trace"] = load_trace(trace_path)
         except ConfigError as exc:
-            raise ConfigError(f"{where}.trace: {exc}") from None
+            raise type(exc)(f"{where}.trace: {exc}") from None
         kwargs["trace_name"] = raw["trace"]
     try:
         return LinkConfig(**kwargs)
@@ -273,19 +334,23 @@ def _link_config(path: Path, where: str, raw: Any) -> LinkConfig:
 
 def _resolve_trace(toml_path: Path, text: str, where: str) -> Path:
     candidate = Path(text)
+    # $NETPROBE_TRACES, when set, wins (by file name); then the path as written: absolute, or
+    # relative to the project root (the profiles file's config/.., then the source tree's
+    # root); then by file name in ../shared/traces from the project root.
+    tried = [traces_dir() / candidate.name] if os.environ.get(TRACES_ENV) else []
     if candidate.is_absolute():
-        bases: list[Path] = []
-        tried = [candidate]
+        tried.append(candidate)
     else:
-        # Relative to the project root: the profiles file's parent's parent (config/..),
-        # then the source tree's root.
-        bases = [toml_path.resolve().parent.parent, PROJECT_ROOT]
-        tried = [(base / candidate).resolve() for base in bases]
+        tried += [(base / candidate).resolve()
+                  for base in (toml_path.resolve().parent.parent, PROJECT_ROOT)]
+    tried.append((PROJECT_ROOT.parent / "shared" / "traces" / candidate.name).resolve())
     for path in tried:
         if path.is_file():
             return path
     looked = ", ".join(map(str, dict.fromkeys(tried)))
-    raise ConfigError(f"{where}: trace file {text!r} not found (looked for {looked})")
+    raise TraceUnavailable(
+        f"{where}: trace file {text!r} not found (looked for {looked}){_TRACES_HINT}"
+    )
 
 
 def _outages(where: str, raw: Any) -> tuple[tuple[float, float], ...]:

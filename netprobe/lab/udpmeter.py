@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from netprobe.lab.errors import LabError
+
 if TYPE_CHECKING:
     from netprobe.lab.linklab import LinkLab, Side
 
@@ -219,13 +221,13 @@ async def _wait_ready(process: asyncio.subprocess.Process) -> None:
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 10.0)
     if line.strip() != b"ready":
-        raise RuntimeError(f"udpmeter did not start: {line!r}")
+        raise LabError(f"udpmeter did not start: {line!r}")
 
 
 async def _json_output(process: asyncio.subprocess.Process) -> Any:
     stdout, _ = await process.communicate()
     if process.returncode != 0:
-        raise RuntimeError(f"udpmeter failed with status {process.returncode}")
+        raise LabError(f"udpmeter failed with status {process.returncode}")
     return json.loads(stdout.decode().strip().splitlines()[-1])
 
 

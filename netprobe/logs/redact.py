@@ -15,10 +15,12 @@ import re
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["HOST_TOKEN", "IP_TOKEN", "USER_TOKEN", "Redactor", "redact_addresses"]
+__all__ = ["HOST_TOKEN", "IP_TOKEN", "USER_TOKEN", "MachineNames", "Redactor", "read_machine_names",
+           "redact_addresses"]
 
 IP_TOKEN: Final = "<ip>"
 HOST_TOKEN: Final = "<host>"
@@ -90,10 +92,21 @@ def redact_addresses(text: str) -> str:
     return "".join(out)
 
 
-@functools.lru_cache(maxsize=1)
-def _this_machine() -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
-    """Host names, user names and home directory of this machine and user (looked up once:
-    getfqdn() may wait for DNS)."""
+@dataclass(frozen=True)
+class MachineNames:
+    """The names of this machine and its user that a log line must not show."""
+
+    hostnames: tuple[str, ...]
+    """``socket.gethostname()`` and ``socket.getfqdn()``, those that could be learnt."""
+    usernames: tuple[str, ...]
+    """The login name and, on POSIX, the full name from the passwd entry."""
+    home: str | None
+    """The user's home directory; None if it cannot be found."""
+
+
+def read_machine_names() -> MachineNames:
+    """Look up this machine's host names, its user's names and home directory now (getfqdn()
+    may wait for DNS: `Redactor.for_this_machine` does it once per process)."""
     hosts: list[str] = []
     for lookup in (socket.gethostname, socket.getfqdn):
         try:
@@ -118,7 +131,12 @@ def _this_machine() -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
         home: str | None = str(Path.home())
     except Exception:  # noqa: BLE001
         home = None
-    return tuple(hosts), tuple(users), home
+    return MachineNames(hostnames=tuple(hosts), usernames=tuple(users), home=home)
+
+
+@functools.lru_cache(maxsize=1)
+def _names_read_once() -> MachineNames:
+    return read_machine_names()
 
 
 class Redactor:
@@ -140,9 +158,12 @@ class Redactor:
         self._add_names(hostnames, usernames)
 
     @classmethod
-    def for_this_machine(cls) -> Redactor:
-        hosts, users, home = _this_machine()
-        return cls(hostnames=hosts, usernames=users, home=home, watch_hostname=True)
+    def for_this_machine(cls, names: MachineNames | None = None) -> Redactor:
+        """A redactor for `names` (None: this machine's, read once per process) that also
+        watches for a new host name."""
+        names = names or _names_read_once()
+        return cls(hostnames=names.hostnames, usernames=names.usernames, home=names.home,
+                   watch_hostname=True)
 
     @staticmethod
     def _home_pattern(home: str | None) -> re.Pattern[str] | None:

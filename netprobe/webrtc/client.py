@@ -1,7 +1,8 @@
 """The probe engine: one pre-session check against a reflector.
 
 I/O only: signalling over HTTP (aiohttp), the WebRTC connection and test streams (via
-`rtc.py`), timing. All measurement logic lives in `session.ClientSession`.
+`engine.py`), timing. All measurement logic, and when it next needs to run, lives in
+`core.session.ClientSession`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from netprobe.config import Settings
 from netprobe.core.classify import UNKNOWN, Reason, Verdict, classify
 from netprobe.core.metrics import LinkMetrics
 from netprobe.core.result import CheckResult
-from netprobe.core.session import ClientSession, Progress
+from netprobe.core.session import ClientSession, Progress, check_deadline
 from netprobe.core.wire import (
     TYPE_ECHO,
     TYPE_LOAD,
     Probe,
     decode_echo,
     decode_load,
-    encode_load,
     encode_probe,
     packet_type,
 )
@@ -41,6 +41,10 @@ from netprobe.webrtc.engine import (
 )
 
 logger = logging.getLogger(__name__)
+
+ECHO_BATCH_S = 0.025
+"""Echoes that arrive within this long of the session's last run are judged together (an echo
+comes every few milliseconds; judging each alone tripled a check's CPU for no better timing)."""
 
 def _failure(reason: Reason, started_at: datetime, t0: float, local: bool,
              server: str | None) -> CheckResult:
@@ -112,29 +116,36 @@ async def run_check(
             ), started_at, t0, local, shown_server)
 
         now = time.monotonic()
-        deadline = t0 + cfg.max_duration_s - 0.2
-        session = ClientSession(cfg, settings.thresholds, now, deadline)
-        _attach_taps(pc, session)
-        pacers = [
-            Pacer(probe_track, lambda now: (session.probe_interval, lambda: encode_probe(
-                session.next_probe(time.monotonic()), cfg.probe_size))),
-            Pacer(load_track, lambda now: _up_step(session, now)),
-        ]
+        session = ClientSession(cfg, settings.thresholds, now, check_deadline(t0, cfg))
+        wake = asyncio.Event()
+        """Set when an echo arrives or the connection changes state."""
+        pc.on("connectionstatechange", wake.set)
+        _attach_taps(pc, session, wake)
+        pacers = [Pacer(probe_track, session.probe_step),
+                  Pacer(load_track, session.up_load_step)]
         for pacer in pacers:
             pacer.start()
-        stopped_early = False
+        # The session runs at the deadline it names and when echoes arrive (several echoes in
+        # ECHO_BATCH_S are judged together): never on a poll.
         while True:
-            await asyncio.sleep(0.05)
             now = time.monotonic()
-            session.tick(now)
+            wake_at = session.step(now)
             progress(session.progress(now))
-            if pc.connectionState != "connected":
+            if wake_at is None or pc.connectionState != "connected":
                 break
-            if session.finished(now):
-                stopped_early = session.stopped_early
-                break
-            if now >= deadline:
-                break
+            for pacer in pacers:
+                pacer.wake()  # a new rung may have started
+            wake.clear()
+            try:
+                async with asyncio.timeout(max(0.0, wake_at - now)):
+                    await wake.wait()
+            except TimeoutError:
+                continue
+            batch_until = min(wake_at, now + ECHO_BATCH_S)
+            if pc.connectionState == "connected" and time.monotonic() < batch_until:
+                await asyncio.sleep(batch_until - time.monotonic())
+        stopped_early = session.stop_reason not in (None, "deadline") and \
+            session.stopped_early
         metrics = session.metrics()
         verdict = classify(metrics, settings.thresholds)
         return CheckResult(
@@ -148,18 +159,11 @@ async def run_check(
         await pc.close()
 
 
-def _up_step(session: ClientSession, now: float) -> tuple[float, Callable[[], bytes]] | None:
-    rung = session.up_rung(now)
-    if rung is None:
-        return None
-    return rung.interval, lambda: encode_load(session.next_up_load(rung, time.monotonic()),
-                                              rung.payload_size)
-
-
-def _attach_taps(pc: Any, session: ClientSession) -> None:
+def _attach_taps(pc: Any, session: ClientSession, echo_arrived: asyncio.Event) -> None:
     def on_audio(payload: bytes, now: float) -> None:
         if packet_type(payload) == TYPE_ECHO:
             session.on_echo(decode_echo(payload), now)
+            echo_arrived.set()
 
     def on_video(payload: bytes, now: float) -> None:
         if packet_type(payload) == TYPE_LOAD:
@@ -271,8 +275,8 @@ class MonitorLink:
         self._pacer = Pacer(self._track, lambda now: (self._interval, self._next_probe))
         self._pacer.start()
 
-    def _next_probe(self) -> bytes:
-        probe = Probe(seq=self._seq, sent_at=time.monotonic())
+    def _next_probe(self, sent_at: float) -> bytes:
+        probe = Probe(seq=self._seq, sent_at=sent_at)
         self._seq += 1
         return encode_probe(probe, self._settings.probe.probe_size)
 

@@ -34,8 +34,11 @@ from aiortc import (
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from netprobe.config import IceServer
+from netprobe.core.pacing import Timetable
+from netprobe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ _TIME_BASE = {"audio": fractions.Fraction(1, 48000), "video": fractions.Fraction
 _CODEC = {"audio": "audio/opus", "video": "video/VP8"}
 
 PayloadFactory = Callable[[], bytes]
+PayloadBuilder = Callable[[float], bytes]
 PacketHandler = Callable[[bytes, float], None]
 
 
@@ -50,15 +54,43 @@ PacketHandler = Callable[[bytes, float], None]
 LOOPBACK = ["127.0.0.1"]
 
 
+def _loopback_address(address: str) -> str | None:
+    """The loopback address `address` (a URL or a bare host) names, or None if it names no
+    loopback address. `localhost` is 127.0.0.1."""
+    if "//" in address:
+        try:
+            host = urlsplit(address).hostname or ""
+        except ValueError:  # e.g. "http://[::1": not a URL, so not this machine
+            return None
+    else:
+        host = address.strip("[]")
+    if host.lower() == "localhost":
+        return LOOPBACK[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return str(ip) if ip.is_loopback else None
+
+
 def is_loopback_url(url: str) -> bool:
     """True if `url` names this machine (localhost or a loopback address)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    return _loopback_address(url) is not None
+
+
+def restrict_to_loopback_if_local(address: str) -> bool:
+    """If `address` (a server URL, or the host a reflector listens on) is this machine, gather
+    ICE host candidates on that loopback address only (process-wide), and return True.
+
+    The one place of the loopback rule, for `check --server`/`--local`, `serve` and the
+    agent's worker: aioice never offers 127.0.0.1 or ::1, so without this two peers on one
+    machine would meet over a LAN address, or not at all.
+    """
+    loopback = _loopback_address(address)
+    if loopback is None:
         return False
+    restrict_host_candidates([loopback])
+    return True
 
 
 def restrict_host_candidates(addresses: list[str]) -> None:
@@ -141,8 +173,15 @@ def install_tap(receiver: RTCRtpReceiver, kind: str, handler: PacketHandler) -> 
 def create_peer_connection(ice_servers: tuple[IceServer, ...] = ()) -> RTCPeerConnection:
     """A peer connection with host candidates only unless STUN/TURN servers are configured.
 
-    `iceServers=[]` matters: aiortc's default would contact Google's STUN server.
+    `iceServers=[]` matters: aiortc's default would contact Google's STUN server. A URL
+    aiortc cannot parse raises `ConfigError` here (the config loader rejects them first;
+    aiortc itself would raise a bare ValueError later, outside any handler).
     """
+    for server in ice_servers:
+        try:
+            parse_stun_turn_uri(server.urls)
+        except ValueError as exc:
+            raise ConfigError(f"ICE server {server.urls!r}: {exc}") from None
     servers = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
                for s in ice_servers]
     return RTCPeerConnection(RTCConfiguration(iceServers=servers,
@@ -164,27 +203,32 @@ def prefer_test_codecs(pc: RTCPeerConnection) -> None:
 class Pacer:
     """Feeds a `PacketTrack` at a rate that may change at any moment.
 
-    `schedule(now)` returns (interval seconds, payload factory) for the next packet, or None
-    to pause. Sending follows an absolute timetable, so timer lateness does not lower the
-    average rate; a backlog of more than `max_lag` seconds is dropped, not burst out.
+    `schedule(now)` returns (interval seconds, build) for the next packet, or None to pause;
+    `build(send_time)` makes the payload when aiortc sends it (the send time written in it
+    is taken then). The timing is a `core.pacing.Timetable` (absolute, a backlog of more than
+    `max_lag` seconds dropped, not burst out). A paused pacer sleeps until `wake()`: whoever
+    changes what the schedule would say (a new rung, a downlink request) wakes it.
     """
 
     def __init__(
         self,
         track: PacketTrack,
-        schedule: Callable[[float], tuple[float, PayloadFactory] | None],
-        idle_poll: float = 0.01,
+        schedule: Callable[[float], tuple[float, PayloadBuilder] | None],
         max_lag: float = 0.05,
     ) -> None:
         self._track = track
         self._schedule = schedule
-        self._idle_poll = idle_poll
-        self._max_lag = max_lag
+        self._timetable: Timetable[PayloadBuilder] = Timetable(max_lag)
+        self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def wake(self) -> None:
+        """Ask the schedule again now if the pacer is paused (harmless otherwise)."""
+        self._woken.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -196,19 +240,13 @@ class Pacer:
             self._task = None
 
     async def _run(self) -> None:
-        due: float | None = None
         while True:
             now = time.monotonic()
-            if due is None or now - due > self._max_lag:
-                due = now
-            if now < due:
-                await asyncio.sleep(due - now)
-                continue
-            step = self._schedule(now)
-            if step is None:
-                due = None
-                await asyncio.sleep(self._idle_poll)
-                continue
-            interval, factory = step
-            self._track.push(factory)
-            due += interval
+            build, next_at = self._timetable.advance(now, self._schedule)
+            if build is not None:
+                self._track.push(lambda build=build: build(time.monotonic()))
+            if next_at is None:
+                self._woken.clear()
+                await self._woken.wait()
+            else:  # a packet pushed behind schedule yields too: never a busy loop
+                await asyncio.sleep(max(0.0, next_at - now))

@@ -10,8 +10,9 @@ timeout and on shutdown.
 from __future__ import annotations
 
 import asyncio
-import json
+import errno
 import logging
+import socket
 import time
 import uuid
 from typing import Any
@@ -20,7 +21,6 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from netprobe.config import ReflectorSettings
-from netprobe.core.measure import LOAD_OVERHEAD_BYTES
 from netprobe.core.responder import Responder
 from netprobe.core.wire import (
     TYPE_LOAD,
@@ -28,10 +28,10 @@ from netprobe.core.wire import (
     decode_load,
     decode_probe,
     encode_echo,
-    encode_load,
     packet_type,
 )
-from netprobe.errors import ProtocolError
+from netprobe.errors import CannotListen, ProtocolError
+from netprobe.httpjson import json_error, strict_loads
 from netprobe.webrtc.engine import Pacer, PacketTrack, create_peer_connection, install_tap
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ReflectorSession:
         self.responder = Responder()
         self.echo_track = PacketTrack("audio")
         self.load_track = PacketTrack("video")
-        self.pacer = Pacer(self.load_track, self._down_schedule)
+        self.pacer = Pacer(self.load_track, self.responder.down_step)
         self.started_at = time.monotonic()
         self.closed = asyncio.Event()
         self._closing = False
@@ -69,24 +69,13 @@ class ReflectorSession:
             return
         probe = decode_probe(payload)
         self.responder.on_probe(probe, now)
+        self.pacer.wake()  # a probe may ask for a downlink rung
         self.echo_track.push(
             lambda: encode_echo(self.responder.echo(probe, now, time.monotonic())))
 
     def _on_video(self, payload: bytes, now: float) -> None:
         if packet_type(payload) == TYPE_LOAD:
             self.responder.on_up_load(decode_load(payload), len(payload), now)
-
-    def _down_schedule(self, now: float) -> tuple[float, Any] | None:
-        request = self.responder.down_request(now)
-        if request is None:
-            return None
-        size = max(request.payload_size, 64)
-        interval = (size + LOAD_OVERHEAD_BYTES) * 8 / (request.rate_kbps * 1000)
-
-        def factory() -> bytes:
-            return encode_load(self.responder.next_down_load(request, time.monotonic()), size)
-
-        return interval, factory
 
     async def close(self) -> None:
         if self._closing:
@@ -102,10 +91,6 @@ class ReflectorSession:
             self.closed.set()
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
 @web.middleware
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -115,7 +100,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status, "http_error")
-        return _error(exc.status, code, exc.reason)
+        return json_error(exc.status, code, exc.reason)
 
 
 class Reflector:
@@ -140,10 +125,17 @@ class Reflector:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
+        """Listen. Raises `CannotListen` if the address cannot be bound."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port or 0)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # port in use, not this machine's address, unknown name
+            await self._runner.cleanup()
+            self._runner = None
+            where = f"{self.settings.host}:{self.settings.port}"
+            raise CannotListen(f"cannot listen on {where}: {_listen_failure(exc)}") from None
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
 
@@ -169,24 +161,24 @@ class Reflector:
 
     async def handle_offer(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
-            return _error(415, "unsupported_media_type",
+            return json_error(415, "unsupported_media_type",
                           "send the offer as JSON with Content-Type: application/json")
         if (request.content_length or 0) > self.settings.max_body_bytes:
-            return _error(413, "body_too_large",
+            return json_error(413, "body_too_large",
                           f"the body must be at most {self.settings.max_body_bytes} bytes")
         try:
-            body = await request.json(loads=_strict_loads)
+            body = await request.json(loads=strict_loads)
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, "body_too_large",
+            return json_error(413, "body_too_large",
                           f"the body must be at most {self.settings.max_body_bytes} bytes")
         except (ValueError, UnicodeDecodeError):
-            return _error(400, "bad_json", "the body is not valid JSON")
+            return json_error(400, "bad_json", "the body is not valid JSON")
         try:
             offer = _parse_offer(body)
         except ProtocolError as exc:
-            return _error(400, "bad_request", str(exc))
+            return json_error(400, "bad_request", str(exc))
         if len(self.sessions) >= self.settings.max_sessions:
-            return _error(503, "busy", "the reflector is at its limit of concurrent probe "
+            return json_error(503, "busy", "the reflector is at its limit of concurrent probe "
                           "sessions; try again in a few seconds")
         session_id = uuid.uuid4().hex[:12]
         pc = create_peer_connection(self.settings.ice_servers)
@@ -205,7 +197,7 @@ class Reflector:
             await self._end(session)
             reason = str(exc) if isinstance(exc, ProtocolError) else "the SDP offer is invalid"
             logger.info("rejected an offer: %s", type(exc).__name__)
-            return _error(400, "bad_sdp", reason)
+            return json_error(400, "bad_sdp", reason)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -237,11 +229,15 @@ class Reflector:
         await session.close()
 
 
-def _strict_loads(text: str) -> Any:
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    return json.loads(text, parse_constant=no_constants)
+def _listen_failure(exc: OSError) -> str:
+    """Why binding failed, in words (asyncio's own message repeats the address)."""
+    if isinstance(exc, socket.gaierror):
+        return f"the name does not resolve ({exc.strerror})"
+    return {
+        errno.EADDRINUSE: "the port is already in use",
+        errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+        errno.EACCES: "permission denied (ports below 1024 need administrator rights)",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
 
 
 def _parse_offer(body: Any) -> RTCSessionDescription:

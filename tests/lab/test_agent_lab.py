@@ -1,21 +1,18 @@
 """End to end: the background agent (`netprobe agent`, a real process, against `netprobe
 serve` over the link lab) reacts to a link that degrades mid-session and recovers (issue 4).
 
-One run of scripts/bench_agent.py's reaction benchmark (profile `agent-degrade`: clean, then
-200 kbit/s with 8 % loss each way from 30 s to 60 s, then clean; the session starts at ~5 s):
-`audio_only` within 10 s of the degradation, `video` within 60 s of the recovery, exactly one
-change each way. About 2 minutes 10 seconds. The benchmark runs it ten times.
+One run of the agent benchmark's reaction part (`netprobe.bench.agent.reaction`; profile
+`agent-degrade`: clean, then 200 kbit/s with 8 % loss each way from 30 s to 60 s, then clean;
+the session starts at ~5 s): `audio_only` within 10 s of the degradation, `video` within 60 s
+of the recovery, exactly one change each way. About 2 minutes 10 seconds.
+scripts/bench_agent.py runs it ten times.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
+from netprobe.bench.agent.reaction import reaction_run
 from netprobe.lab import check_lab_available
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
@@ -24,21 +21,9 @@ _REASON = check_lab_available()
 if _REASON:
     pytestmark.append(pytest.mark.skip(reason=_REASON))
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench_agent.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_agent", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_agent"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 async def test_agent_steps_down_and_back_up_once() -> None:
-    bench = _bench()
-    res = await bench.reaction_run()
+    res = await reaction_run()
     detail = res.report() + "\nagent stderr:\n" + res.agent_stderr[-3000:]
     assert res.session_at < res.degrade_at - 10, detail
     assert not [c for c in res.changes if c.at < res.degrade_at], detail

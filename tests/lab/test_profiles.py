@@ -9,10 +9,12 @@ import pytest
 import netprobe.lab
 from netprobe.errors import ConfigError
 from netprobe.lab import describe_profiles, load_profile, load_profiles
-from netprobe.lab.profiles import PROJECT_ROOT, VERDICTS
+from netprobe.lab.profiles import TRACES_ENV, VERDICTS, TraceUnavailable
 
+#: The project root from this file's place in it (not from where netprobe is installed).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTER = PROJECT_ROOT / "config" / "lab-profiles.toml"
-TRACES = PROJECT_ROOT.parent / "shared" / "traces"
+TRACE_PROFILES = {"verizon-lte", "tmobile-umts", "att-lte"}
 REQUIRED = {
     "clean", "dsl", "cable-bufferbloat", "slow-symmetric", "starved-uplink", "starved-downlink",
     "loss-3", "loss-8", "loss-30", "wifi-bursty", "heavy-jitter", "satellite", "extreme-rtt",
@@ -21,10 +23,10 @@ REQUIRED = {
 
 
 @pytest.fixture(scope="module")
-def profiles() -> dict[str, netprobe.lab.Profile]:
-    if not TRACES.exists():
-        pytest.skip(f"the traces are not at {TRACES}")
-    return load_profiles(STARTER)
+def profiles(traces_dir: Path) -> dict[str, netprobe.lab.Profile]:
+    loaded = load_profiles(STARTER)
+    assert not loaded.unavailable, loaded.unavailable  # the traces fixture found them
+    return dict(loaded)
 
 
 def test_starter_set_is_complete(profiles: dict[str, netprobe.lab.Profile]) -> None:
@@ -64,12 +66,74 @@ def test_degrade_midrun_phases(profiles: dict[str, netprobe.lab.Profile]) -> Non
     assert profile.links_at(60) == (clean.up, clean.down)
 
 
+def test_trace_profiles_replay_the_shared_traces(
+    profiles: dict[str, netprobe.lab.Profile], traces_dir: Path
+) -> None:
+    for name in TRACE_PROFILES:
+        up = profiles[name].up
+        assert up.trace is not None and up.trace_name is not None
+        assert up.trace == tuple(
+            int(line) for line in (traces_dir / Path(up.trace_name).name).read_text().split()
+        ), name
+
+
 def test_describe_reads_no_trace(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text('[profiles.x]\ndescription = "X"\nup = { trace = "nowhere.up" }\ndown = {}\n')
     assert describe_profiles(path) == [("x", "X")]
-    with pytest.raises(ConfigError, match=r"\[profiles.x\].up.trace: trace file 'nowhere.up' not"):
+    with pytest.raises(TraceUnavailable,
+                       match=r"\[profiles.x\].up.trace: trace file 'nowhere.up' not .*"
+                             + TRACES_ENV):
         load_profile("x", path)
+
+
+def test_a_missing_trace_fails_only_the_profiles_that_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The starter file where neither ../shared/traces nor $NETPROBE_TRACES holds the traces:
+    # a fresh clone without shared/ beside it.
+    (tmp_path / "config").mkdir()
+    path = tmp_path / "config" / "lab-profiles.toml"
+    path.write_text(STARTER.read_text())
+    monkeypatch.setenv(TRACES_ENV, str(tmp_path / "no-traces-here"))
+    monkeypatch.setattr("netprobe.lab.profiles.PROJECT_ROOT", tmp_path)
+    loaded = load_profiles(path)
+    assert set(loaded.unavailable) == TRACE_PROFILES
+    assert list(loaded) == [name for name, _ in describe_profiles(path)]  # all, in file order
+    assert set(loaded.available()) == set(loaded) - TRACE_PROFILES
+    assert loaded["clean"].up.trace is None and loaded["dsl"].expect is not None
+    with pytest.raises(TraceUnavailable, match=r"\[profiles.verizon-lte\].up.trace: trace file "
+                       r"'../shared/traces/Verizon-LTE-short.up' not found .*no-traces-here"):
+        loaded["verizon-lte"]  # noqa: B018
+    assert issubclass(TraceUnavailable, ConfigError)  # a NetprobeError: no traceback in the CLI
+    assert load_profile("clean", path) == loaded["clean"]
+
+
+def test_netprobe_traces_names_the_traces_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    traces = tmp_path / "elsewhere"
+    traces.mkdir()
+    (traces / "X.up").write_text("1\n\n3\n7\n")
+    path = tmp_path / "p.toml"
+    path.write_text('[profiles.t]\nup = { trace = "../shared/traces/X.up" }\ndown = {}\n')
+    monkeypatch.setenv(TRACES_ENV, str(tmp_path / "empty"))
+    with pytest.raises(TraceUnavailable, match="X.up"):
+        load_profile("t", path)
+    monkeypatch.setenv(TRACES_ENV, str(traces))
+    profile = load_profile("t", path)
+    assert profile.up.trace == (1, 3, 7)
+    assert profile.up.trace_name == "../shared/traces/X.up"
+    assert load_profiles(path)["t"] == profile
+
+
+def test_a_malformed_trace_is_an_error_in_the_data_not_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.up").write_text("1\nten\n")
+    path = tmp_path / "p.toml"
+    path.write_text(f'[profiles.t]\nup = {{ trace = "{tmp_path / "bad.up"}" }}\ndown = {{}}\n')
+    with pytest.raises(ConfigError, match=r"bad.up:2: expected a whole number") as info:
+        load_profiles(path)
+    assert not isinstance(info.value, TraceUnavailable)
 
 
 @pytest.mark.parametrize(

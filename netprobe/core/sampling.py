@@ -1,0 +1,184 @@
+"""What a check's echoes say, split into calm, idle and loaded periods (pure).
+
+`ClientSession` records one `EchoSample` per echo; `analyse` turns them, with the two
+ladders' windows, into the RTT, jitter and loss samples its figures are made of. Figures
+are taken from *calm* periods only: while a ladder rung saturates a direction (and while its
+queue drains), probes measure our own congestion, not the link.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.ladder import Ladder, RungObservation
+from netprobe.core.measure import wilson_interval
+
+#: RFC 3550 jitter starts at 0 and converges with gain 1/16: skip its first samples.
+JITTER_WARMUP = 16
+#: Calm probes needed before their loss is allowed for when judging a rung.
+MIN_LOSS_SAMPLES = 20
+
+#: A finite stand-in for "could be anything" in the pessimistic bounds (ms).
+HUGE_MS = 1e6
+
+Window = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class EchoSample:
+    seq: int
+    """Echo sequence number."""
+    probe_sent_at: float
+    """When the answered probe left the client (client clock)."""
+    rtt: float
+    """Round-trip time in seconds."""
+    up_received: int
+    """The reflector's count of distinct probes received, numbered 0..`up_highest`."""
+    up_highest: int
+    """The highest probe number whose fate the reflector has settled."""
+    up_jitter: float
+    """The reflector's uplink jitter estimate, seconds."""
+    down_jitter: float
+    """The client's downlink jitter estimate right after this echo, seconds."""
+    index: int
+    """Order of arrival (for the jitter estimator's warm-up)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    lost: int = 0
+    expected: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.lost + other.lost, self.expected + other.expected)
+
+    @property
+    def fraction(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+
+@dataclass(frozen=True)
+class Analysis:
+    idle_rtts: list[float]
+    """RTT samples (ms) of probes sent while no rung was running at all."""
+    calm_rtts: list[float]
+    """RTT samples (ms) of probes sent while the link was calm (idle or a rung well below
+    capacity)."""
+    loaded_rtts: list[float]
+    """RTT samples (ms) of probes sent while a rung too fast for the link was being sent
+    (the queue full: bufferbloat)."""
+    up_probes: Counts
+    down_probes: Counts
+    up_loss: Counts
+    """Probes plus load of rungs well below capacity."""
+    down_loss: Counts
+    up_jitters: list[float]
+    down_jitters: list[float]
+    loaded_until: float
+    """End of the latest loaded window (inf while a rung is being judged)."""
+
+
+def random_loss(counts: Counts) -> float:
+    """The link's own loss to allow for when judging a rung: the upper end of its 95 %
+    interval once enough calm probes were counted, the plain share lost before that (the
+    upper end of a handful of samples would excuse any shortfall; the session does not
+    start the ladder before `MIN_LOSS_SAMPLES` are in)."""
+    if counts.expected < MIN_LOSS_SAMPLES:
+        return counts.fraction
+    return wilson_interval(counts.lost, counts.expected)[1]
+
+
+def with_drain(samples: list[EchoSample], windows: list[Window]) -> list[Window]:
+    """Extend each loaded window by the queueing delay seen in it: a queue needs as long
+    to drain as the extra delay it built."""
+    if not samples or not windows:
+        return windows
+    base = min(s.rtt for s in samples)
+    out = []
+    for ws, we in windows:
+        peak = max((s.rtt for s in samples if ws <= s.probe_sent_at <= we), default=base)
+        out.append((ws, we + (peak - base)))
+    return out
+
+
+def _meets(start: float, end: float, windows: list[Window]) -> bool:
+    return any(ws <= end and start <= we for ws, we in windows)
+
+
+def analyse(samples: list[EchoSample], started_at: float, flooded_until: float | None,
+            up: Ladder, down: Ladder,
+            observe_up: Callable[[int], RungObservation | None],
+            observe_down: Callable[[int], RungObservation | None]) -> Analysis:
+    """Everything the figures are made of. `flooded_until`: when the probes, which flooded
+    the link on their own until then, were last slowed down (None if they never were)."""
+    up_w, down_w = up.loaded_windows(), down.loaded_windows()
+    if flooded_until is not None:
+        # Until the probes were slowed down they overloaded the link themselves (and for
+        # as long again as the queue they built takes to drain: `with_drain`).
+        flooded = (started_at, flooded_until)
+        up_w, down_w = up_w + [flooded], down_w + [flooded]
+    up_w, down_w = with_drain(samples, up_w), with_drain(samples, down_w)
+    both = up_w + down_w
+    active = up.active_windows() + down.active_windows() + both
+    full = up.failed_windows() + down.failed_windows()
+    idle_rtt, calm_rtt, loaded_rtt, up_jit, down_jit = [], [], [], [], []
+    for s in samples:
+        t = s.probe_sent_at
+        if not _meets(t, t, both):
+            calm_rtt.append(s.rtt * 1000)
+        if _meets(t, t, full):
+            loaded_rtt.append(s.rtt * 1000)
+        if not _meets(t, t, active):
+            idle_rtt.append(s.rtt * 1000)
+        if s.index >= JITTER_WARMUP:
+            if not _meets(t, t, up_w):
+                up_jit.append(s.up_jitter * 1000)
+            if not _meets(t, t, down_w):
+                down_jit.append(s.down_jitter * 1000)
+
+    # Probe and echo losses, over calm stretches only. Consecutive echoes (in sequence
+    # order) bound a stretch: the echo numbers missing between them were lost on the
+    # downlink, and the reflector's cumulative counters in them tell how many probes of
+    # the stretch it received on the uplink.
+    # Uplink: the reflector's "lost so far" (highest + 1 - received) may go down again
+    # when a reordered probe turns up late, so a stretch's loss is the change in it.
+    up_lost = up_expected = 0
+    down_counts = Counts()
+    prev_seq, prev_t, prev_lost, prev_hi = -1, started_at, 0, -1
+    for s in sorted(samples, key=lambda x: x.seq):
+        t = s.probe_sent_at
+        lost_so_far = s.up_highest + 1 - s.up_received
+        if not _meets(prev_t, t, up_w):
+            up_lost += lost_so_far - prev_lost
+            up_expected += max(0, s.up_highest - prev_hi)
+        if not _meets(prev_t, t, down_w):
+            down_counts += Counts(s.seq - prev_seq - 1, s.seq - prev_seq)
+        prev_seq, prev_t, prev_lost = s.seq, t, lost_so_far
+        prev_hi = max(prev_hi, s.up_highest)
+    up_counts = Counts(min(max(0, up_lost), up_expected), up_expected)
+
+    # Load of rungs that passed well below capacity (a rung close to it may have
+    # overflowed the queue: its drops are ours, not the link's).
+    load = {"up": Counts(), "down": Counts()}
+    for ladder, observe, which in ((up, observe_up, "up"), (down, observe_down, "down")):
+        for i, result in ladder.results.items():
+            obs = observe(i)
+            if result.passed and not ladder.near_capacity(i) and obs is not None:
+                load[which] += Counts(max(0, obs.sent - obs.received), obs.sent)
+    return Analysis(idle_rtt, calm_rtt, loaded_rtt, up_counts, down_counts,
+                    up_counts + load["up"], down_counts + load["down"], up_jit, down_jit,
+                    max((we for _, we in both), default=0.0))
+
+
+def audio_mos(rtt_ms: float | None, losses: list[float | None],
+              jitters: list[float | None]) -> float | None:
+    """The audio MOS of the worst direction's loss and jitter at `rtt_ms` (E-model)."""
+    if rtt_ms is None:
+        return None
+    loss = max((x for x in losses if x is not None), default=0.0)
+    jitter = max((x for x in jitters if x is not None), default=0.0)
+    finite = [v if math.isfinite(v) else HUGE_MS for v in (rtt_ms, jitter)]
+    return estimate_audio_quality(finite[0], min(max(loss, 0.0), 100.0), finite[1]).mos
