@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import tomllib
 import types
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from netprobe.core.admission import network_problem
 from netprobe.core.classify import AudioThresholds, Thresholds, VideoThresholds
 from netprobe.errors import ConfigError
 
@@ -65,14 +67,46 @@ class ReflectorSettings:
     host: str = "127.0.0.1"
     """Address to listen on; a clinic's public reflector sets 0.0.0.0 explicitly."""
     port: int = 8765
-    max_sessions: int = 4
-    """Concurrent probe sessions; more offers get 503."""
+    max_sessions: int | None = None
+    """Deprecated (use max_checks, max_monitors): when set, also caps both kinds together."""
+    max_checks: int = 8
+    """Concurrent pre-session checks; more get 503 `busy` (0: monitoring streams only)."""
+    max_monitors: int = 200
+    """Concurrent monitoring streams, counted apart from checks (0: checks only)."""
+    max_checks_per_source: int = 4
+    """Concurrent checks from one address (an IPv6 /64); more get 429 `too_many_sessions`."""
+    max_monitors_per_source: int = 50
+    """Concurrent monitoring streams from one address (a clinic's office behind its NAT)."""
+    offers_per_minute: float = 60.0
+    """Sustained offers per minute from one address; more get 429 `rate_limited` (0: off)."""
+    offer_burst: int = 20
+    """Offers one address may make at once before offers_per_minute applies."""
+    connect_timeout_s: float = 10.0
+    """An answered offer not connected by then is closed and its slot freed."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses/networks of reverse proxies whose X-Forwarded-For names the client."""
+    metrics_from: tuple[str, ...] = ("127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12",
+                                     "192.168.0.0/16", "fc00::/7")
+    """Addresses/networks allowed to read `GET /metrics` (others get 403)."""
+    log_file: str = ""
+    """`serve`'s JSON-lines log file; empty: JSON lines on standard error."""
+    log_key_file: str = ""
+    """File with the key for the client-address hash in logs; empty: a random key per process."""
     session_timeout_s: float = 30.0
     """Hard time limit of one probe session."""
     max_body_bytes: int = 65536
     """Largest accepted signalling request body."""
+    token_secret_file: str = ""
+    """File of `kid = secret` lines (mode 0600, secrets of 32+ bytes; the first signs, all
+    verify): when set, offers need `Authorization: Bearer TOKEN` (docs/reflector.md)."""
+    open: bool = False
+    """Checks need no token (monitoring does); required beyond loopback without a secret."""
     monitor_timeout_s: float = 14400.0
     """Hard time limit of a monitoring session (an agent watching a therapy session)."""
+    max_down_kbps: int = 3200
+    """Fastest downlink rung a client may ask for (kbit/s); faster requests get this rate.
+    Default: the default ladder's top rung. Also sets a session's downlink byte budget (10 s
+    at this rate); the other media caps are constants (netprobe/core/responder.py)."""
     ice_servers: tuple[IceServer, ...] = ()
 
 
@@ -116,6 +150,8 @@ class AgentSettings:
     log_backups: int = 5
     token_file: str = ""
     """Where the API token is kept (mode 0600); empty: the platform's state directory."""
+    reflector_token_file: str = ""
+    """File with the access token (scope `monitor`) the agent sends the reflector; empty: none."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (e.g. "https://video.clinic.example") allowed to call the API."""
 
@@ -127,6 +163,9 @@ class Settings:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    access_token: str = field(default="", repr=False)
+    """The reflector access token to send (`check --token/--link`, NETPROBE_TOKEN, `[agent]
+    reflector_token_file`; never from the settings file itself); empty: none. Not in repr."""
 
 
 def config_dir() -> Path:
@@ -234,6 +273,14 @@ def server_url_problem(url: str) -> str | None:
     return None
 
 
+def readable_file_problem(path: str) -> str | None:
+    """Why `path` is not a readable regular file, or None (a secret file named in settings)."""
+    where = Path(path)
+    if not where.is_file():
+        return f"{path}: {'not a regular file' if where.exists() else 'no such file'}"
+    return None if os.access(where, os.R_OK) else f"{path}: not readable (permission denied)"
+
+
 def override(section: Any, flag: str, **changes: Any) -> Any:
     """`section` (a settings dataclass) with `changes` from command-line `flag`, checked as a
     file's values are; a bad value raises `ConfigError` naming the flag."""
@@ -282,6 +329,10 @@ def _problem(obj: Any) -> tuple[str, str] | None:
             if value < 0:
                 return f.name, f"must not be negative, got {value}"
     checks: list[tuple[bool, str, str]] = []
+    for key in ("token_secret_file", "reflector_token_file"):  # secret files: readable
+        if path := getattr(obj, key, ""):
+            checks.append((readable_file_problem(path) is None, key,
+                           readable_file_problem(path) or ""))
     if isinstance(obj, ProbeSettings | ReflectorSettings):
         kinds = [s.urls.partition(":")[0].rstrip("s") for s in obj.ice_servers]
         checks.append((kinds.count("stun") <= 1 and kinds.count("turn") <= 1, "ice_servers",
@@ -315,11 +366,21 @@ def _problem(obj: Any) -> tuple[str, str] | None:
             (bool(obj.host.strip()), "host",
              "give an address to listen on (127.0.0.1, or 0.0.0.0 for every interface)"),
             (0 < obj.port < 65536, "port", f"must be 1-65535, got {obj.port}"),
-            (obj.max_sessions >= 1, "max_sessions", "must be at least 1"),
+            (obj.max_sessions is None or obj.max_sessions >= 1, "max_sessions",
+             "must be at least 1"),
+            (obj.max_checks + obj.max_monitors >= 1, "max_checks", "max_checks and "
+             "max_monitors cannot both be 0"),
+            (obj.max_checks_per_source >= 1, "max_checks_per_source", "must be at least 1"),
+            (obj.max_monitors_per_source >= 1, "max_monitors_per_source", "must be at least 1"),
+            (obj.offer_burst >= 1, "offer_burst", "must be at least 1"),
+            (obj.connect_timeout_s > 0, "connect_timeout_s", "must be above 0"),
             (obj.session_timeout_s > 0, "session_timeout_s", "must be above 0"),
             (obj.max_body_bytes >= 4096, "max_body_bytes", "must be at least 4096"),
             (obj.monitor_timeout_s > 0, "monitor_timeout_s", "must be above 0"),
+            (100 <= obj.max_down_kbps <= 1_000_000, "max_down_kbps", "must be 100-1000000"),
         ]
+        checks += [(network_problem(n) is None, key, network_problem(n) or "")
+                   for key in ("trusted_proxies", "metrics_from") for n in getattr(obj, key)]
     if isinstance(obj, AgentSettings):
         checks += [
             (0 < obj.api_port < 65536, "api_port", f"must be 1-65535, got {obj.api_port}"),
@@ -327,8 +388,8 @@ def _problem(obj: Any) -> tuple[str, str] | None:
              "the local API binds to loopback only (127.0.0.1, ::1 or localhost)"),
             (obj.idle_interval_s >= 10, "idle_interval_s", "must be at least 10 seconds"),
             (0 <= obj.idle_jitter < 1, "idle_jitter", "must be at least 0 and below 1"),
-            (obj.monitor_probe_interval_ms >= 10, "monitor_probe_interval_ms",
-             "must be at least 10"),
+            (10 <= obj.monitor_probe_interval_ms <= 5000, "monitor_probe_interval_ms",
+             "must be 10-5000 (a reflector closes a stream silent for 10 s)"),
             (obj.window_s >= 1, "window_s", "must be at least 1 second"),
             (obj.step_down_after >= 1, "step_down_after", "must be at least 1"),
             (obj.backoff_min_s > 0, "backoff_min_s", "must be above 0"),

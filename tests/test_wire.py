@@ -41,15 +41,16 @@ from netprobe.core.wire import (
 from netprobe.errors import ConfigError, NetprobeError, ProtocolError
 
 U32 = st.integers(0, 2**32 - 1)
-I16 = st.integers(-(2**15), 2**15 - 1)
+RUNG = st.integers(0, 2**15 - 1)  # a rung number is never negative (docs/protocol.md)
 U16 = st.integers(0, 2**16 - 1)
-F64 = st.floats(allow_nan=False)  # NaN != NaN would make equality meaningless
-F32 = st.floats(allow_nan=False, width=32)  # hold and jitter travel as 4-byte floats
+# Times and delays within what a decoder accepts (docs/protocol.md, "Values a decoder accepts")
+F64 = st.floats(-wire.MAX_TIME_S, wire.MAX_TIME_S)
+F32 = st.floats(0.0, wire.MAX_DELAY_S, width=32)  # hold and jitter travel as 4-byte floats
 
-probes = st.builds(Probe, seq=U32, sent_at=F64, down_rung=I16, down_rate_kbps=U32, down_size=U16,
-                   down_duration_ms=U16)
+probes = st.builds(Probe, seq=U32, sent_at=F64, down_rung=st.integers(NO_RUNG, 2**15 - 1),
+                   down_rate_kbps=U32, down_size=U16, down_duration_ms=U16)
 rung_reports = st.builds(
-    RungReport, rung=I16, packets=U32, payload_bytes=U32, first_at=F64, last_at=F64,
+    RungReport, rung=RUNG, packets=U32, payload_bytes=U32, first_at=F64, last_at=F64,
     lowest_seq=U32, highest_seq=U32,
 )
 echoes = st.builds(
@@ -59,9 +60,9 @@ echoes = st.builds(
     up_probes_highest=st.integers(-1, 2**32 - 2),  # 2**32 - 1 is the wire form of -1
     up_jitter=F32,
     up_rungs=st.lists(rung_reports, max_size=5).map(tuple),
-    down_sent=st.lists(st.tuples(I16, U32, st.booleans()), max_size=5).map(tuple),
+    down_sent=st.lists(st.tuples(RUNG, U32, st.booleans()), max_size=5).map(tuple),
 )
-loads = st.builds(Load, rung=I16, seq=U32, sent_at=F64)
+loads = st.builds(Load, rung=RUNG, seq=U32, sent_at=F64)
 
 Decoder = Callable[[bytes], object]
 DECODERS: list[Decoder] = [decode_probe, decode_echo, decode_load, packet_type]
@@ -225,8 +226,8 @@ def test_header_bytes() -> None:
 # What a well-formed packet is, written out from docs/protocol.md independently of the decoders:
 # the 4-byte header (magic "NP", version, type), then the type's fixed fields; an echo also
 # needs every rung report and down entry its two count bytes announce. Longer is fine (probes
-# and loads are padded). The decoders must accept exactly these and raise `ProtocolError` for
-# everything else.
+# and loads are padded). Its values must be within the documented ranges. The decoders must
+# accept exactly these and raise `ProtocolError` for everything else.
 _FIXED = {TYPE_PROBE: 4 + 22, TYPE_ECHO: 4 + 41, TYPE_LOAD: 4 + 14}
 
 
@@ -240,6 +241,40 @@ def _echo_length(data: bytes) -> int | None:
     return down_count_at + 1 + 7 * data[down_count_at]
 
 
+def _time_ok(t: float) -> bool:
+    return math.isfinite(t) and abs(t) <= 1e9
+
+
+def _delay_ok(d: float) -> bool:
+    return math.isfinite(d) and 0 <= d <= 3600
+
+
+def _values_ok(data: bytes, kind: int) -> bool:
+    """The value rules of docs/protocol.md ("Values a decoder accepts") for a packet whose
+    layout is complete."""
+    if kind == TYPE_PROBE:
+        return _time_ok(struct.unpack_from("!d", data, 8)[0]) and \
+            struct.unpack_from("!h", data, 16)[0] >= -1
+    if kind == TYPE_LOAD:
+        return struct.unpack_from("!h", data, 4)[0] >= 0 and \
+            _time_ok(struct.unpack_from("!d", data, 10)[0])
+    n_rungs = data[44]
+    down_at = 45 + 34 * n_rungs
+    n_down = data[down_at]
+    if n_rungs > 8 or n_down > 8:
+        return False
+    times = [struct.unpack_from("!d", data, 8)[0], struct.unpack_from("!d", data, 20)[0]]
+    delays = [struct.unpack_from("!f", data, 28)[0], struct.unpack_from("!f", data, 40)[0]]
+    rungs = []
+    for k in range(n_rungs):
+        at = 45 + 34 * k
+        rungs.append(struct.unpack_from("!h", data, at)[0])
+        times += list(struct.unpack_from("!dd", data, at + 10))
+    rungs += [struct.unpack_from("!h", data, down_at + 1 + 7 * k)[0] for k in range(n_down)]
+    return all(map(_time_ok, times)) and all(map(_delay_ok, delays)) and \
+        all(r >= 0 for r in rungs)
+
+
 def _well_formed(data: bytes, kind: int | None) -> bool:
     """Whether `data` is a packet of type `kind` (any type, for None) by the rules above."""
     if len(data) < 4 or data[:2] != b"NP" or data[2] != wire.VERSION:
@@ -250,8 +285,11 @@ def _well_formed(data: bytes, kind: int | None) -> bool:
         return False
     if kind == TYPE_ECHO:
         needed = _echo_length(data)
-        return needed is not None and len(data) >= needed
-    return len(data) >= _FIXED[kind]
+        if needed is None or len(data) < needed:
+            return False
+    elif len(data) < _FIXED[kind]:
+        return False
+    return _values_ok(data, kind)
 
 
 _ENCODERS: dict[int, Callable[[Any], bytes]] = {

@@ -23,6 +23,8 @@ from aiohttp import web
 from netprobe.agent.control import AgentControl, CheckAlreadyRunning
 from netprobe.errors import NetprobeError
 from netprobe.httpjson import json_error, strict_loads
+from netprobe.promtext import PromText
+from netprobe.promtext import response as prometheus_response
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +246,7 @@ class AgentApi:
 
     async def get_metrics(self, request: web.Request) -> web.Response:
         checks, changes = self.agent.counters()
-        return web.Response(text=prometheus(self.agent.status(), checks, changes),
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return prometheus_response(prometheus(self.agent.status(), checks, changes))
 
 
 def _sse(kind: str, data: dict[str, Any]) -> bytes:
@@ -255,15 +255,8 @@ def _sse(kind: str, data: dict[str, Any]) -> bytes:
 
 def prometheus(status: dict[str, Any], checks: dict[str, int], changes: int) -> str:
     """The status in Prometheus text exposition format (version 0.0.4)."""
-    lines = []
-
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            if value is None:
-                continue
-            lines.append(f"{name}{labels} {float(value):g}")
+    text = PromText()
+    metric = text.metric
 
     rec = status["recommendation"]
     metric("netprobe_recommendation", "gauge", "1 for the current recommendation.",
@@ -288,4 +281,4 @@ def prometheus(status: dict[str, Any], checks: dict[str, int], changes: int) -> 
            [("", changes)])
     metric("netprobe_reflector_up", "gauge", "1 if the reflector answered last time.",
            [("", 1 if status["reflector"] == "ok" else 0)])
-    return "\n".join(lines) + "\n"
+    return text.text()

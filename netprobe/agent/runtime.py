@@ -39,6 +39,7 @@ from netprobe.core.policy import SILENCE_S, AgentPolicy, light_check_settings
 from netprobe.core.result import CheckResult
 from netprobe.core.wire import Echo
 from netprobe.errors import ConfigError, NetprobeError
+from netprobe.tokens import read_token_file
 
 __all__ = ["SILENCE_S", "AgentRuntime", "MonitorLink", "Sampler"]
 
@@ -138,7 +139,9 @@ class AgentRuntime:
             raise ConfigError("no reflector URL: give --server URL or [agent] server = ...")
         if not agent.server.startswith(("http://", "https://")):
             raise ConfigError(f"--server: {agent.server!r} must be an http:// or https:// URL")
-        return replace(settings, agent=agent)
+        token = read_token_file(agent.reflector_token_file) if agent.reflector_token_file \
+            else settings.access_token  # re-read on SIGHUP: a renewed token is picked up
+        return replace(settings, agent=agent, access_token=token)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; on error keep running with the old settings."""

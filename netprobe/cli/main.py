@@ -48,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--local", action="store_true",
                         help="self-test against a reflector started on this machine "
                              "(does not test the internet link)")
+    target.add_argument("--link", metavar="URL",
+                        help="the check link your clinic sent "
+                             "(https://reflector.example:8765/check#t=TOKEN): server and token")
     _late_config(check)
+    check.add_argument("--token", metavar="TOKEN",
+                       help="access token for a reflector that needs one (default: "
+                            "$NETPROBE_TOKEN; prefer the variable, others can see arguments)")
     check.add_argument("--json", action="store_true",
                        help="print exactly one JSON object (schema netprobe.check/1)")
     check.add_argument("--max-duration", type=float, metavar="S",
@@ -60,9 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     _late_config(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8765)")
-    serve.add_argument("--max-sessions", type=int, help="concurrent probe sessions (default 4)")
+    serve.add_argument("--max-checks", type=int, metavar="N",
+                       help="concurrent pre-session checks (default 8)")
+    serve.add_argument("--max-monitors", type=int, metavar="N",
+                       help="concurrent monitoring streams, counted apart (default 200)")
+    serve.add_argument("--max-sessions", type=int, metavar="N",
+                       help="deprecated: also cap checks and monitoring streams together")
+    serve.add_argument("--log-file", metavar="PATH",
+                       help="JSON-lines log file (default: JSON lines on standard error)")
     serve.add_argument("--session-timeout", type=float, metavar="S",
                        help="hard time limit of a probe session (default 30)")
+    serve.add_argument("--token-secret-file", metavar="PATH",
+                       help="require access tokens signed with the keys in PATH (`kid = secret` "
+                            "lines, mode 0600; see `netprobe token issue`, docs/reflector.md)")
+    serve.add_argument("--open", action="store_true", default=None,
+                       help="let anyone run checks without a token (monitoring still needs "
+                            "one); needed to listen beyond loopback without a token secret")
     serve.set_defaults(func=_cmd_serve)
 
     agent = sub.add_parser("agent", help="run the background agent (clinics)",
@@ -75,8 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
     agent.set_defaults(func=_cmd_agent)
 
+    from netprobe.cli import token
     from netprobe.service import cli as service
 
+    token.add_parser(sub)
     service.add_parser(sub)
     try:
         from netprobe.lab import cli as lab_cli
@@ -174,23 +195,31 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if args.max_duration is not None:
         settings = replace(settings, probe=override(settings.probe, "--max-duration",
                                                     max_duration_s=args.max_duration))
-    if args.server is not None:
-        _check_server_url(args.server)
+    server = args.server
+    token = args.token or os.environ.get("NETPROBE_TOKEN", "")
+    if args.link is not None:
+        from netprobe.tokens import parse_check_link
+
+        server, token = parse_check_link(args.link)
+    if server is not None:
+        _check_server_url(server)
+    settings = replace(settings, access_token=token.strip())
     show = _ProgressLine(sys.stderr.isatty() and not args.no_progress)
 
     async def check() -> object:
         if args.local:
             from netprobe.webrtc.reflector import Reflector
 
-            reflector = Reflector(replace(settings.reflector, host="127.0.0.1", port=0))
+            reflector = Reflector(replace(settings.reflector, host="127.0.0.1", port=0,
+                                          token_secret_file="", open=False))
             restrict_to_loopback_if_local(reflector.settings.host)
             await reflector.start()
             try:
                 return await run_check(reflector.url, settings, local=True, on_progress=show)
             finally:
                 await reflector.stop()
-        restrict_to_loopback_if_local(args.server)
-        return await run_check(args.server, settings, on_progress=show)
+        restrict_to_loopback_if_local(server)
+        return await run_check(server, settings, on_progress=show)
 
     try:
         result = _run_until_stopped(check)
@@ -207,33 +236,58 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from netprobe.logs import jsonlog
     from netprobe.webrtc.engine import restrict_to_loopback_if_local
     from netprobe.webrtc.reflector import Reflector
 
     r = settings.reflector
     for flag, key, value in (("--host", "host", args.host), ("--port", "port", args.port),
                              ("--max-sessions", "max_sessions", args.max_sessions),
-                             ("--session-timeout", "session_timeout_s", args.session_timeout)):
+                             ("--max-checks", "max_checks", args.max_checks),
+                             ("--max-monitors", "max_monitors", args.max_monitors),
+                             ("--log-file", "log_file", args.log_file),
+                             ("--session-timeout", "session_timeout_s", args.session_timeout),
+                             ("--token-secret-file", "token_secret_file",
+                              args.token_secret_file), ("--open", "open", args.open)):
         if value is not None:
             r = override(r, flag, **{key: value})
 
+    log = logging.getLogger("netprobe.reflector")
+    if not r.log_file:  # JSON lines on stderr take the plain handler's place
+        logging.getLogger().handlers[:] = []
+    for handler in logging.getLogger().handlers:  # stderr: warnings only, the file has all
+        handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    jsonlog.setup_json_logging(r.log_file or None, max_bytes=settings.agent.log_max_bytes,
+                               backup_count=settings.agent.log_backups,
+                               log_addresses=settings.privacy.log_addresses)
+
     async def serve() -> None:
         restrict_to_loopback_if_local(r.host)
-        reflector = Reflector(r)
+        reflector = Reflector(r, log_addresses=settings.privacy.log_addresses)
         await reflector.start()  # CannotListen: port in use, not our address, unknown name
         try:
+            access = ("checks open to anyone, monitoring with tokens" if r.open
+                      else "access tokens required" if r.token_secret_file
+                      else "no tokens: this machine only")
             print(f"netprobe reflector listening on {reflector.url} "
-                  f"(up to {r.max_sessions} sessions); Ctrl-C to stop", file=sys.stderr,
-                  flush=True)
+                  f"(up to {r.max_checks} checks and {r.max_monitors} monitoring streams; "
+                  f"{access}); Ctrl-C to stop", file=sys.stderr, flush=True)
+            log.info("reflector started", extra={
+                "event": "reflector_started", "port": reflector.port, "access": access,
+                "max_checks": r.max_checks, "max_monitors": r.max_monitors})
             await asyncio.Event().wait()  # until SIGINT or SIGTERM cancels it
         finally:
             print("netprobe reflector stopping…", file=sys.stderr, flush=True)
+            log.info("reflector stopping", extra={"event": "reflector_stopping",
+                                                  "sessions": len(reflector.sessions)})
             await reflector.stop()
 
     try:
         _run_until_stopped(serve)
     except _Stopped:
         pass  # the way a reflector is meant to stop
+    finally:
+        jsonlog.flush_and_close()
     return exitcodes.OK
 
 
@@ -265,7 +319,7 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 
 #: Commands that load their own settings (or none).
-_OWN_SETTINGS = {"lab", "service"}
+_OWN_SETTINGS = {"lab", "service", "token"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,9 @@ from netprobe.core.wire import Echo
 #: Fewest echoes in a window for it to say anything (a very lossy link returns few: their
 #: sequence gaps still tell the loss).
 MIN_WINDOW_SAMPLES = 3
+#: Most echoes a window keeps (the oldest go first): a reflector that floods echoes must not
+#: grow the agent's memory or its once-a-second work (100 s of echoes at 100/s).
+MAX_WINDOW_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class ProbeWindow:
         self._trim(now)
 
     def _trim(self, now: float) -> None:
-        while self._samples and self._samples[0].at < now - self.span:
+        while self._samples and (self._samples[0].at < now - self.span
+                                 or len(self._samples) > MAX_WINDOW_SAMPLES):
             self._seqs.discard(self._samples.popleft().seq)
 
     def metrics(self, now: float, capacity: tuple[DirectionMetrics, DirectionMetrics] | None,

@@ -180,12 +180,14 @@ class ClientSession:
     # -- what arrives ------------------------------------------------------------------
 
     def on_echo(self, echo: Echo, now: float) -> None:
-        if not self._echoes.add(echo.seq):
+        # Bounded (lesson 11): echoes of probes sent, at most 2 per probe, our ladder's rungs.
+        if echo.probe_seq >= self._probe_seq or len(self._arrivals) > 2 * self._probe_seq \
+                or not self._echoes.add(echo.seq):
             return
         self._version += 1
         self._down_jitter.update(echo.sent_at, now)
         rtt = round_trip_s(now, echo.probe_sent_at, echo.hold)
-        reports = {r.rung: r for r in echo.up_rungs}
+        reports = {r.rung: r for r in echo.up_rungs if r.rung in self._up_sent}
         for rung, report in reports.items():
             old = self._up_reports.get(rung)
             if old is None or report.packets >= old.packets:
@@ -196,7 +198,7 @@ class ClientSession:
         if current is not None and current.index not in self._up_final and \
                 echo.probe_sent_at >= self.up.end_of(current.index) + self._reorder_margin():
             self._up_final[current.index] = reports.get(current.index)
-        for rung, sent, finished in echo.down_sent:
+        for rung, sent, finished in (d for d in echo.down_sent if 0 <= d[0] < len(self.rungs)):
             self._down_sent[rung] = max(sent, self._down_sent.get(rung, 0))
             if finished:
                 self._down_final.setdefault(rung, now)
@@ -208,6 +210,8 @@ class ClientSession:
                 len(self._samples)))
 
     def on_down_load(self, load: Load, payload_size: int, now: float) -> None:
+        if not 0 <= load.rung < len(self.rungs):
+            return
         if self._down_rx.setdefault(load.rung, RungArrivals()).add(load.seq, payload_size, now):
             self._version += 1
 

@@ -16,6 +16,7 @@ or transit differences for jitter, are ever used, so the two clocks need not agr
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -42,6 +43,16 @@ LOAD_MIN_SIZE = _HEADER.size + _LOAD.size
 #: Largest payload we put in one RTP packet (fits aiortc's VP8 packetiser, 1300 bytes, with
 #: its 4-byte descriptor, and a 1500-byte path MTU with RTP/SRTP/UDP/IP overhead).
 LOAD_MAX_SIZE = 1200
+
+# What a decoder accepts (lesson 11: every number from the network is hostile). A packet with
+# a value outside these is refused with `ProtocolError`, whatever its layout says; numbers
+# inside them still bound nothing on their own: their consumers cap them (core/responder.py).
+#: Largest magnitude of a time (seconds on the sender's monotonic clock: about 30 years).
+MAX_TIME_S = 1e9
+#: Largest hold or jitter an echo may report (seconds); neither may be negative.
+MAX_DELAY_S = 3600.0
+#: Most rung reports, and most downlink counts, in one echo (a responder sends 1 and 2).
+MAX_ECHO_ENTRIES = 8
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,14 @@ class Load:
     """Sender monotonic clock at send time, seconds."""
 
 
+def _is_time(t: float) -> bool:
+    return math.isfinite(t) and abs(t) <= MAX_TIME_S
+
+
+def _is_delay(d: float) -> bool:
+    return math.isfinite(d) and 0.0 <= d <= MAX_DELAY_S
+
+
 def _check_header(data: bytes) -> int:
     if len(data) < _HEADER.size:
         raise ProtocolError("probe packet too short")
@@ -142,6 +161,8 @@ def decode_probe(data: bytes) -> Probe:
     if _check_header(data) != TYPE_PROBE or len(data) < _HEADER.size + _PROBE.size:
         raise ProtocolError("malformed probe packet")
     seq, sent_at, rung, rate, size, duration = _PROBE.unpack_from(data, _HEADER.size)
+    if not _is_time(sent_at) or rung < NO_RUNG:
+        raise ProtocolError("malformed probe packet (a time or rung out of range)")
     return Probe(seq, sent_at, rung, rate, size, duration)
 
 
@@ -181,18 +202,27 @@ def decode_echo(data: bytes) -> Echo:
         (seq, sent_at, probe_seq, probe_sent_at, hold, received, highest, jitter,
          n_rungs) = _ECHO.unpack_from(data, offset)
         offset += _ECHO.size
+        if n_rungs > MAX_ECHO_ENTRIES:
+            raise ProtocolError("malformed echo packet (too many rung reports)")
         rungs = []
         for _ in range(n_rungs):
             rungs.append(RungReport(*_RUNG_REPORT.unpack_from(data, offset)))
             offset += _RUNG_REPORT.size
         n_down = data[offset]
         offset += 1
+        if n_down > MAX_ECHO_ENTRIES:
+            raise ProtocolError("malformed echo packet (too many downlink counts)")
         down = []
         for _ in range(n_down):
             down.append(_DOWN_SENT.unpack_from(data, offset))
             offset += _DOWN_SENT.size
     except (struct.error, IndexError) as exc:
         raise ProtocolError("malformed echo packet") from exc
+    if not (_is_time(sent_at) and _is_time(probe_sent_at) and _is_delay(hold)
+            and _is_delay(jitter)
+            and all(r.rung >= 0 and _is_time(r.first_at) and _is_time(r.last_at) for r in rungs)
+            and all(r >= 0 for r, _, _ in down)):
+        raise ProtocolError("malformed echo packet (a time, delay or rung out of range)")
     if highest == 0xFFFFFFFF:
         highest = -1
     return Echo(
@@ -210,4 +240,6 @@ def decode_load(data: bytes) -> Load:
     if _check_header(data) != TYPE_LOAD or len(data) < LOAD_MIN_SIZE:
         raise ProtocolError("malformed load packet")
     rung, seq, sent_at = _LOAD.unpack_from(data, _HEADER.size)
+    if rung < 0 or not _is_time(sent_at):
+        raise ProtocolError("malformed load packet (a time or rung out of range)")
     return Load(rung, seq, sent_at)

@@ -106,12 +106,13 @@ def judge(row: AccuracyRow) -> list[str]:
     return problems
 
 
-async def start_reflector(lab: LinkLab, port: int = PORT,
-                          timeout: float = 20.0) -> asyncio.subprocess.Process:
+async def start_reflector(lab: LinkLab, port: int = PORT, timeout: float = 20.0,
+                          args: Sequence[str] = ("--open",)) -> asyncio.subprocess.Process:
     """`netprobe serve` on the lab's server address, once it says it is listening. Its
-    stderr stays a pipe for the caller to read on; the lab stops it on exit."""
+    stderr stays a pipe for the caller to read on; the lab stops it on exit. `args`: access
+    (`--open`: checks without tokens; a monitoring stream needs `--token-secret-file`)."""
     server = await lab.exec_server(
-        *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(port),
+        *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(port), *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     assert server.stderr is not None
     line = await asyncio.wait_for(server.stderr.readline(), timeout)

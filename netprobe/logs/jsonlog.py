@@ -54,6 +54,14 @@ EVENTS: Final[Mapping[str, tuple[str, ...]]] = {
     "api_request_rejected": ("reason", "path"),
     "error": ("where", "error"),
     "log_file_error": ("path", "error"),
+    # the reflector (`netprobe serve`); `source` is a keyed hash, never an address
+    "reflector_started": ("port", "access", "max_checks", "max_monitors"),
+    "reflector_stopping": ("sessions",),
+    "offer_refused": ("reason", "status", "source"),
+    "probe_session_started": ("session", "kind", "source"),
+    "probe_session_connected": ("session", "kind", "connect_s"),
+    "probe_session_ended": ("session", "kind", "reason", "duration_s", "bytes_sent",
+                            "bytes_received"),
 }
 """The stable event names and the fields each carries besides ts/level/event/logger/msg."""
 

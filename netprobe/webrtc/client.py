@@ -31,7 +31,14 @@ from netprobe.core.wire import (
     encode_probe,
     packet_type,
 )
-from netprobe.errors import ConnectFailed, ProtocolError, ServerBusy, ServerUnreachable
+from netprobe.errors import (
+    AccessDenied,
+    ConnectFailed,
+    ProtocolError,
+    RateLimited,
+    ServerBusy,
+    ServerUnreachable,
+)
 from netprobe.webrtc.engine import (
     Pacer,
     PacketTrack,
@@ -83,7 +90,8 @@ async def run_check(
         try:
             async with asyncio.timeout(min(cfg.connect_timeout_s, cfg.max_duration_s - 1)):
                 progress("connecting")
-                await _connect(pc, server_url, cfg.max_duration_s)
+                await _connect(pc, server_url, cfg.max_duration_s,
+                               token=settings.access_token)
                 connected = asyncio.Event()
                 if pc.connectionState == "connected":
                     connected.set()
@@ -101,6 +109,15 @@ async def run_check(
                 "connect_timeout",
                 "The test server could not be reached in time. The connection may be down or "
                 "very poor; if it stays like this, call your therapist by phone.",
+            ), started_at, t0, local, shown_server)
+        except AccessDenied as exc:
+            return _failure(_access_reason(exc), started_at, t0, local, shown_server)
+        except RateLimited as exc:
+            wait = f"{exc.retry_after_s} seconds" if exc.retry_after_s else "a minute"
+            return _failure(Reason(
+                "rate_limited",
+                f"The test server has had too many checks from this connection. Please wait "
+                f"{wait} and try again.",
             ), started_at, t0, local, shown_server)
         except ServerBusy:
             return _failure(Reason(
@@ -159,6 +176,15 @@ async def run_check(
         await pc.close()
 
 
+def _access_reason(exc: AccessDenied) -> Reason:
+    """The plain reason for a refused access token (`unauthorized` or `forbidden`)."""
+    if exc.code == "forbidden":
+        return Reason("forbidden", f"The test server did not allow this check ({exc}). Ask "
+                      "your clinic for a new check link.")
+    return Reason("unauthorized", f"The test server needs a valid access token ({exc}). Use "
+                  "the check link your clinic sent, or ask the clinic for a new one.")
+
+
 def _attach_taps(pc: Any, session: ClientSession, echo_arrived: asyncio.Event) -> None:
     def on_audio(payload: bytes, now: float) -> None:
         if packet_type(payload) == TYPE_ECHO:
@@ -184,21 +210,29 @@ def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
     ]
 
 
-async def _connect(pc: Any, server_url: str, cap_s: float, mode: str = "check") -> None:
-    """Offer/answer over HTTP. Raises ServerUnreachable, ServerBusy or ProtocolError."""
+async def _connect(pc: Any, server_url: str, cap_s: float, mode: str = "check",
+                   token: str = "") -> None:
+    """Offer/answer over HTTP, with `Authorization: Bearer token` if a token is given.
+    Raises ServerUnreachable, ServerBusy, AccessDenied or ProtocolError."""
     await pc.setLocalDescription(await pc.createOffer())
     offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "mode": mode}
     url = server_url.rstrip("/") + "/v1/offer"
     timeout = aiohttp.ClientTimeout(total=cap_s)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            async with http.post(url, json=offer) as resp:
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            async with http.post(url, json=offer, headers=headers) as resp:
                 if resp.status == 503:
                     raise ServerBusy("the test server is busy")
+                if resp.status == 429:
+                    raise RateLimited("the test server asked us to slow down",
+                                      _retry_after(resp.headers.get("Retry-After")))
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
                     body = None
+                if resp.status in (401, 403):
+                    raise _access_denied(resp.status, body)
                 if resp.status != 200:
                     detail = body.get("error", {}).get("message") if isinstance(body, dict) \
                         else None
@@ -219,6 +253,23 @@ async def _connect(pc: Any, server_url: str, cap_s: float, mode: str = "check") 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
     except Exception as exc:
         raise ProtocolError("the server's SDP answer could not be used") from exc
+
+
+def _retry_after(value: str | None) -> int | None:
+    """The Retry-After header's seconds, bounded to 1 h; None if absent or not a number (an
+    HTTP date is not worth parsing here)."""
+    if value is None or not (value.strip().isascii() and value.strip().isdigit()):
+        return None
+    return max(1, min(3600, int(value.strip()[:6])))
+
+
+def _access_denied(status: int, body: Any) -> AccessDenied:
+    code = "unauthorized" if status == 401 else "forbidden"
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        message = "no valid access token" if status == 401 else "the token does not allow it"
+    return AccessDenied(message[:300], code)  # a hostile server's text: bounded
 
 
 class MonitorLink:
@@ -265,7 +316,8 @@ class MonitorLink:
 
         try:
             async with asyncio.timeout(timeout):
-                await _connect(pc, self._url, timeout, mode="monitor")
+                await _connect(pc, self._url, timeout, mode="monitor",
+                               token=self._settings.access_token)
                 await connected.wait()
             if pc.connectionState != "connected":
                 raise ConnectFailed("the monitoring connection failed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ from netprobe.lab.accuracy import start_reflector
 from netprobe.lab.errors import LabError
 from netprobe.lab.linklab import LinkLab
 from netprobe.lab.profiles import Profile
+from netprobe.tokens import issue, load_keys
 
 REFLECTOR_PORT = 8765
 API_PORT = 8766
@@ -94,7 +96,12 @@ class Rig:
 
     async def start(self, extra_agent_config: str = "") -> None:
         lab = self.lab
-        server = await start_reflector(lab, REFLECTOR_PORT, timeout=30)
+        secret, reflector_token = self.dir / "token-secret", self.dir / "reflector-token"
+        secret.write_text(f"lab = {secrets.token_hex(32)}\n")
+        secret.chmod(0o600)
+        reflector_token.write_text(issue(load_keys(secret), "monitor", time.time()) + "\n")
+        server = await start_reflector(lab, REFLECTOR_PORT, timeout=30,
+                                       args=("--token-secret-file", str(secret)))
         assert server.stderr is not None
         self._tasks.append(asyncio.create_task(self._drain(server.stderr, self.reflector_err)))
         self.config_path.write_text(
@@ -102,6 +109,7 @@ class Rig:
             f'server = "http://{lab.server_addr}:{REFLECTOR_PORT}"\n'
             f"api_port = {API_PORT}\n"
             f'token_file = "{self.token_path}"\n'
+            f'reflector_token_file = "{reflector_token}"\n'
             f'log_file = "{self.log_path}"\n' + extra_agent_config)
         self._agent_err = (self.dir / "agent.stderr").open("wb")  # noqa: ASYNC230, SIM115
         self.agent_started_at = time.monotonic()
