@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp  # noqa: E402
 
 from netprobe.bench import kit as benchkit  # noqa: E402
-from netprobe.bench.kit import NETPROBE  # noqa: E402
+from netprobe.bench.kit import NETPROBE, stop_process  # noqa: E402
 from netprobe.bench.procstats import own_cpu_seconds  # noqa: E402
 from netprobe.config import load_settings  # noqa: E402
 from netprobe.errors import NetprobeError  # noqa: E402
@@ -187,13 +187,7 @@ class Bench:
             if drain is not None:
                 drain.cancel()
                 await asyncio.gather(drain, return_exceptions=True)
-            if server.returncode is None:
-                server.terminate()
-                try:
-                    await asyncio.wait_for(server.wait(), 20)
-                except TimeoutError:
-                    server.kill()
-                    await server.wait()
+            await stop_process(server)
 
     def report(self) -> int:
         print(f"\nreflector capacity on loopback ({benchkit.code_version()}):")

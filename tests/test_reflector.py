@@ -10,27 +10,15 @@ from dataclasses import replace
 import aiohttp
 import aioice.ice
 import pytest
+from offers import offer_sdp
 
 from netprobe.config import IceServer, ReflectorSettings
 from netprobe.errors import CannotListen, ConfigError, NetprobeError
 from netprobe.webrtc.engine import (
-    PacketTrack,
     create_peer_connection,
-    prefer_test_codecs,
     restrict_to_loopback_if_local,
 )
 from netprobe.webrtc.reflector import Reflector
-
-
-async def _offer_sdp() -> str:
-    pc = create_peer_connection()
-    pc.addTransceiver(PacketTrack("audio"), direction="sendrecv")
-    pc.addTransceiver(PacketTrack("video"), direction="sendrecv")
-    prefer_test_codecs(pc)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 async def _post(url: str, **kwargs: object) -> tuple[int, object]:
@@ -106,7 +94,7 @@ async def test_wrong_method_and_path(reflector: Reflector) -> None:
 
 
 async def test_valid_offer_gets_answer_and_session_counted(reflector: Reflector) -> None:
-    status, body = await _post(reflector.url, json={"sdp": await _offer_sdp(), "type": "offer"})
+    status, body = await _post(reflector.url, json={"sdp": await offer_sdp(), "type": "offer"})
     assert status == 200, body
     assert isinstance(body, dict) and body["type"] == "answer" and body["sdp"].startswith("v=0")
     assert (await _healthy(reflector))["sessions"] == 1
@@ -118,9 +106,9 @@ async def test_session_cap_gives_503_and_time_limit_frees_it(loopback_ice: None)
     await r.start()
     try:
         for _ in range(2):
-            status, _ = await _post(r.url, json={"sdp": await _offer_sdp(), "type": "offer"})
+            status, _ = await _post(r.url, json={"sdp": await offer_sdp(), "type": "offer"})
             assert status == 200
-        status, body = await _post(r.url, json={"sdp": await _offer_sdp(), "type": "offer"})
+        status, body = await _post(r.url, json={"sdp": await offer_sdp(), "type": "offer"})
         _assert_error(status, body, 503, "busy")
         # The offers never connect; the hard time limit must close them.
         for _ in range(40):
@@ -128,7 +116,7 @@ async def test_session_cap_gives_503_and_time_limit_frees_it(loopback_ice: None)
                 break
             await asyncio.sleep(0.1)
         assert (await _healthy(r))["sessions"] == 0
-        status, _ = await _post(r.url, json={"sdp": await _offer_sdp(), "type": "offer"})
+        status, _ = await _post(r.url, json={"sdp": await offer_sdp(), "type": "offer"})
         assert status == 200
     finally:
         await r.stop()
@@ -150,7 +138,7 @@ async def test_many_concurrent_bad_requests_do_not_hurt(reflector: Reflector) ->
 async def test_stop_closes_open_sessions(loopback_ice: None) -> None:
     r = Reflector(replace(ReflectorSettings(), host="127.0.0.1", port=0))
     await r.start()
-    status, _ = await _post(r.url, json={"sdp": await _offer_sdp(), "type": "offer"})
+    status, _ = await _post(r.url, json={"sdp": await offer_sdp(), "type": "offer"})
     assert status == 200
     sessions = list(r.sessions.values())
     await r.stop()

@@ -17,13 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 from agent_support import parse_prometheus, until
+from offers import offer_sdp
 from procs import free_port, serve, stop
 
 from netprobe.config import ReflectorSettings, Settings
 from netprobe.errors import ServerBusy
 from netprobe.logs import jsonlog
 from netprobe.webrtc.client import MonitorLink, run_check
-from netprobe.webrtc.engine import PacketTrack, create_peer_connection, prefer_test_codecs
 from netprobe.webrtc.reflector import Reflector
 
 
@@ -38,22 +38,11 @@ async def running(**changes: Any) -> AsyncIterator[Reflector]:
     assert r.sessions == {} and r.admission.count("check") == r.admission.count("monitor") == 0
 
 
-async def _offer_sdp() -> str:
-    pc = create_peer_connection()
-    pc.addTransceiver(PacketTrack("audio"), direction="sendrecv")
-    pc.addTransceiver(PacketTrack("video"), direction="sendrecv")
-    prefer_test_codecs(pc)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 async def offer(r: Reflector, mode: str = "check", forwarded_for: str | None = None
                 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """An offer that never connects: (status, body, headers)."""
     headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    body = {"sdp": await _offer_sdp(), "type": "offer", "mode": mode}
+    body = {"sdp": await offer_sdp(), "type": "offer", "mode": mode}
     async with aiohttp.ClientSession() as http:
         async with http.post(r.url + "/v1/offer", json=body, headers=headers) as resp:
             return resp.status, await resp.json(), dict(resp.headers)
@@ -230,7 +219,7 @@ async def test_serve_takes_the_caps_and_writes_its_json_log_to_a_file(tmp_path: 
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
             for expected in (200, 503):
-                body = {"sdp": await _offer_sdp(), "type": "offer"}
+                body = {"sdp": await offer_sdp(), "type": "offer"}
                 async with http.post(url + "/v1/offer", json=body) as resp:
                     assert resp.status == expected
             async with http.get(url + "/healthz") as resp:

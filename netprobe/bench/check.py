@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from netprobe.bench.kit import NETPROBE
+from netprobe.bench.kit import NETPROBE, stop_process
 from netprobe.bench.procstats import own_cpu_seconds
 from netprobe.errors import NetprobeError
 
@@ -137,13 +137,7 @@ class CpuRounds:
                 self.client_pct += [100 * m.cpu_s / max(m.wall_s, 1e-3) for m in checks]
                 self.server_pct.append(100 * used / wall / self.concurrent)
         finally:
-            if server.returncode is None:
-                server.terminate()
-                try:
-                    await asyncio.wait_for(server.wait(), 20)
-                except TimeoutError:
-                    server.kill()
-                    await server.wait()
+            await stop_process(server)
             if drain is not None:
                 drain.cancel()
                 await asyncio.gather(drain, return_exceptions=True)

@@ -84,6 +84,18 @@ def code_version() -> str:
 # -- figures -----------------------------------------------------------------------------------
 
 
+async def stop_process(proc: asyncio.subprocess.Process, grace_s: float = 20.0) -> None:
+    """SIGTERM `proc` and wait for it; SIGKILL it if it has not ended within `grace_s`."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 def verdict(ok: bool | None) -> str:
     """How a figure compares with its target: "ok", "MISSED", or "" (information only)."""
     return "" if ok is None else ("ok" if ok else "MISSED")
