@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from agent_support import until
 from procs import CHILD_ENV, NETPROBE, free_port, serve, stop
 
 from netprobe.agent.runtime import AgentRuntime
@@ -154,13 +155,9 @@ async def test_monitoring_needs_a_monitor_token(secured: Reflector, keys: Keyrin
                            lambda echo, now: echoes.append(now))
         await link.connect(8)
         try:
-            for _ in range(100):
-                if echoes:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: echoes, 5, "an echo on the monitoring stream")
         finally:
             await link.close()
-        assert echoes
         echoes.clear()
 
 
@@ -178,13 +175,9 @@ async def test_the_agent_reads_its_token_file_and_its_worker_sends_it(
                                lambda echo, now: echoes.append(now))
     await link.connect(10)  # in a child process, as the agent runs it
     try:
-        for _ in range(100):
-            if echoes:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: echoes, 5, "an echo from the worker's monitoring stream")
     finally:
         await link.close()
-    assert echoes
     tokenless = IsolatedMonitorLink(secured.url, replace(runtime.settings, access_token=""),
                                     0.05, lambda echo, now: None)
     with pytest.raises(AccessDenied) as exc:
