@@ -41,11 +41,11 @@ _EXPORTS = {
     "LinkMetrics": "core.metrics",
     "DirectionMetrics": "core.metrics",
     "estimate_audio_quality": "core.emodel",
-    "Settings": "config",
-    "ProbeSettings": "config",
-    "ReflectorSettings": "config",
-    "AgentSettings": "config",
-    "PrivacySettings": "config",
+    "Settings": "settings",
+    "ProbeSettings": "settings",
+    "ReflectorSettings": "settings",
+    "AgentSettings": "settings",
+    "PrivacySettings": "settings",
     "load_settings": "config",
     "NetprobeError": "errors",
     "ConfigError": "errors",
@@ -88,14 +88,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from netprobe.agent.app import Agent
-    from netprobe.config import (
-        AgentSettings,
-        PrivacySettings,
-        ProbeSettings,
-        ReflectorSettings,
-        Settings,
-        load_settings,
-    )
+    from netprobe.config import load_settings
     from netprobe.core.classify import (
         AUDIO_ONLY,
         PHONE,
@@ -116,6 +109,13 @@ if TYPE_CHECKING:  # pragma: no cover
         ProtocolError,
         ServerBusy,
         ServerUnreachable,
+    )
+    from netprobe.settings import (
+        AgentSettings,
+        PrivacySettings,
+        ProbeSettings,
+        ReflectorSettings,
+        Settings,
     )
     from netprobe.webrtc.client import run_check
     from netprobe.webrtc.reflector import Reflector

@@ -469,3 +469,15 @@ def test_protocol_error_is_a_netprobe_error() -> None:
     with pytest.raises(NetprobeError) as info:
         decode_echo(encode_echo(_echo_example())[:-1])
     assert type(info.value) is ProtocolError
+
+
+def test_the_drain_flag_round_trips_and_old_echoes_read_as_not_draining() -> None:
+    plain = wire.Echo(1, 2.0, 3, 4.0, 0.5, 5, 6, 0.25, (), ((0, 3, True),))
+    draining = dataclasses.replace(plain, draining=True)
+    assert wire.decode_echo(wire.encode_echo(draining)).draining is True
+    assert wire.decode_echo(wire.encode_echo(plain)).draining is False
+    assert len(wire.encode_echo(draining)) == len(wire.encode_echo(plain)) + 1
+    responder = Responder()
+    responder.draining = True
+    echo = responder.echo(wire.Probe(0, 1.0), 1.0, 1.001)
+    assert wire.decode_echo(wire.encode_echo(echo)).draining is True

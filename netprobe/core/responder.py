@@ -173,6 +173,8 @@ class Responder:
         self._down_sent: dict[int, int] = {}
         self.probes_seen = 0
         """Probe packets received, duplicates included."""
+        self.draining = False
+        """Set when the reflector drains: every later echo says so (`Echo.draining`)."""
 
     @property
     def refused_total(self) -> int:
@@ -258,6 +260,7 @@ class Responder:
             up_jitter=min(self._jitter.jitter, MAX_DELAY_S),
             up_rungs=reports,
             down_sent=down,
+            draining=self.draining,
         )
         self._echo_seq += 1
         return echo

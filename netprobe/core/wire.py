@@ -37,6 +37,8 @@ _DOWN_SENT = struct.Struct("!hIB")
 _LOAD = struct.Struct("!hId")
 
 NO_RUNG = -1
+#: Bit of the echo's optional trailing flags byte: the reflector is draining.
+ECHO_FLAG_DRAINING = 0x01
 
 #: Smallest load packet: header plus fields.
 LOAD_MIN_SIZE = _HEADER.size + _LOAD.size
@@ -116,6 +118,9 @@ class Echo:
     """(rung, packets sent, finished) of the reflector's downlink load, most recent rungs.
     `finished` means the rung's last packet left before this echo, so (both travelling the
     same path) every packet of the rung that will arrive has arrived before the echo."""
+    draining: bool = False
+    """The reflector is shutting down and takes no new sessions: a monitoring client should
+    reconnect, to another reflector if it has one (docs/protocol.md, "Drain")."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,8 @@ def encode_echo(e: Echo) -> bytes:
     parts.append(bytes([len(e.down_sent)]))
     for rung, sent, finished in e.down_sent:
         parts.append(_DOWN_SENT.pack(rung, sent, 1 if finished else 0))
+    if e.draining:  # an optional flags byte: older decoders ignore trailing bytes
+        parts.append(bytes([ECHO_FLAG_DRAINING]))
     return b"".join(parts)
 
 
@@ -216,6 +223,7 @@ def decode_echo(data: bytes) -> Echo:
         for _ in range(n_down):
             down.append(_DOWN_SENT.unpack_from(data, offset))
             offset += _DOWN_SENT.size
+        flags = data[offset] if len(data) > offset else 0
     except (struct.error, IndexError) as exc:
         raise ProtocolError("malformed echo packet") from exc
     if not (_is_time(sent_at) and _is_time(probe_sent_at) and _is_delay(hold)
@@ -228,6 +236,7 @@ def decode_echo(data: bytes) -> Echo:
     return Echo(
         seq, sent_at, probe_seq, probe_sent_at, hold, received, highest, jitter,
         tuple(rungs), tuple((int(r), int(s), bool(f)) for r, s, f in down),
+        draining=bool(flags & ECHO_FLAG_DRAINING),
     )
 
 
