@@ -90,7 +90,8 @@ def problem(obj: Any) -> tuple[str, str] | None:
             if value < 0:
                 return f.name, f"must not be negative, got {value}"
     checks: list[tuple[bool, str, str]] = []
-    for key in ("token_secret_file", "reflector_token_file"):  # secret files: readable
+    secret_files = ("token_secret_file", "token_file", "reflector_token_file")
+    for key in secret_files:  # secret files named in settings: readable
         if path := getattr(obj, key, ""):
             checks.append((readable_file_problem(path) is None, key,
                            readable_file_problem(path) or ""))

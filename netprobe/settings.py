@@ -131,10 +131,12 @@ class AgentSettings:
     """JSON-lines log path; empty: the platform's default log directory."""
     log_max_bytes: int = 5_000_000
     log_backups: int = 5
+    api_token_file: str = ""
+    """Where the local API's token is kept (mode 0600); empty: the platform's state directory."""
     token_file: str = ""
-    """Where the API token is kept (mode 0600); empty: the platform's state directory."""
-    reflector_token_file: str = ""
     """File with the access token (scope `monitor`) the agent sends the reflector; empty: none."""
+    reflector_token_file: str = ""
+    """Deprecated name of `token_file` (read when `token_file` is not set)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (e.g. "https://video.clinic.example") allowed to call the API."""
 
@@ -148,4 +150,4 @@ class Settings:
     thresholds: Thresholds = field(default_factory=Thresholds)
     access_token: str = field(default="", repr=False)
     """The reflector access token to send (`check --token/--link`, NETPROBE_TOKEN, `[agent]
-    reflector_token_file`; never from the settings file itself); empty: none. Not in repr."""
+    token_file`; never from the settings file itself); empty: none. Not in repr."""

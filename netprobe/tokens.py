@@ -344,7 +344,7 @@ class Gate:
 
 def read_token_file(path: Path | str) -> str:
     """The access token kept in `path` (a client's, e.g. the agent's `[agent]
-    reflector_token_file`): its one line, stripped. Raises ConfigError naming the file."""
+    token_file`): its one line, stripped. Raises ConfigError naming the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8").strip()

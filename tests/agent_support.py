@@ -114,7 +114,7 @@ async def agents(settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFi
         token_file = tmp_path / f"state{len(running)}" / "api-token"
         agent = Agent(settings, overrides={
             "server": server, "api_port": 0, "idle_interval_s": 3600.0,
-            "token_file": str(token_file), **overrides}, **({"clock": clock} if clock else {}),
+            "api_token_file": str(token_file), **overrides}, **({"clock": clock} if clock else {}),
             **({"monitor_link": monitor_link} if monitor_link else {}),
             sampler=sampler or FakeSampler())
         seen = len(caplog.records)

@@ -40,7 +40,8 @@ class Api:
 async def api(settings: Settings, tmp_path: Path) -> AsyncIterator[Api]:
     agent = Agent(settings, overrides={
         "server": "http://127.0.0.1:9", "api_port": 0, "cors_origins": (ORIGIN,),
-        "token_file": str(tmp_path / "state" / "netprobe" / "api-token")}, sampler=FakeSampler())
+        "api_token_file": str(tmp_path / "state" / "netprobe" / "api-token")},
+        sampler=FakeSampler())
     server = AgentApi(agent)
     await server.start()
     try:
@@ -160,7 +161,7 @@ def test_a_readable_token_file_is_made_private(settings: Settings, tmp_path: Pat
     path.write_text("k" * 43 + "\n")
     path.chmod(0o644)
     agent = Agent(settings, overrides={"server": "http://127.0.0.1:9",
-                                       "token_file": str(path)}, sampler=FakeSampler())
+                                       "api_token_file": str(path)}, sampler=FakeSampler())
     assert AgentApi(agent).token == "k" * 43  # the token survives; only its mode changes
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -169,7 +170,7 @@ def test_a_too_short_token_is_replaced(settings: Settings, tmp_path: Path) -> No
     path = tmp_path / "api-token"
     path.write_text("guessable\n")
     agent = Agent(settings, overrides={"server": "http://127.0.0.1:9",
-                                       "token_file": str(path)}, sampler=FakeSampler())
+                                       "api_token_file": str(path)}, sampler=FakeSampler())
     token = AgentApi(agent).token
     assert token != "guessable" and len(token) >= 32
     assert path.read_text().strip() == token and stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -76,7 +76,7 @@ async def agent_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
     async def start(server: str, log_file: Path) -> AgentProcess:
         config = tmp_path / "agent.toml"
         config.write_text(f'[agent]\nidle_interval_s = 3600\n'
-                          f'token_file = "{tmp_path / "state" / "api-token"}"\n')
+                          f'api_token_file = "{tmp_path / "state" / "api-token"}"\n')
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             *NETPROBE, "--config", str(config), "agent", "--server", server,

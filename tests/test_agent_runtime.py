@@ -326,7 +326,7 @@ async def test_a_check_cut_short_does_not_pin_the_next_session_to_phone(
 
 def agent_from(path: Path, tmp_path: Path) -> Agent:
     return Agent(load_settings(path), path, {"api_port": 0,
-                                             "token_file": str(tmp_path / "token")})
+                                             "api_token_file": str(tmp_path / "token")})
 
 
 AGENT_TOML = "[agent]\nserver = \"http://127.0.0.1:9\"\nidle_interval_s = 600\n"

@@ -166,7 +166,7 @@ async def test_the_agent_reads_its_token_file_and_its_worker_sends_it(
     token_file = tmp_path / "reflector-token"
     token_file.write_text(issue(keys, "monitor", time.time()) + "\n")
     agent = replace(settings.agent, server=secured.url,
-                    reflector_token_file=str(token_file), token_file=str(tmp_path / "api"))
+                    token_file=str(token_file), api_token_file=str(tmp_path / "api"))
     runtime = AgentRuntime(replace(settings, agent=agent))
     assert runtime.settings.access_token == token_file.read_text().strip()
     assert runtime.settings.access_token not in repr(runtime.settings)
@@ -183,7 +183,7 @@ async def test_the_agent_reads_its_token_file_and_its_worker_sends_it(
     with pytest.raises(AccessDenied) as exc:
         await tokenless.connect(5)
     assert exc.value.code == "unauthorized"
-    assert AgentSettings().reflector_token_file == ""
+    assert AgentSettings().token_file == ""
 
 
 async def test_the_agent_rereads_its_token_file_on_reload(keys: Keyring, tmp_path: Path
@@ -191,8 +191,8 @@ async def test_the_agent_rereads_its_token_file_on_reload(keys: Keyring, tmp_pat
     token_file = tmp_path / "reflector-token"
     token_file.write_text(issue(keys, "monitor", time.time()) + "\n")
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nserver = "http://127.0.0.1:9"\ntoken_file = '
-                      f'"{tmp_path / "api"}"\nreflector_token_file = "{token_file}"\n')
+    config.write_text(f'[agent]\nserver = "http://127.0.0.1:9"\napi_token_file = '
+                      f'"{tmp_path / "api"}"\ntoken_file = "{token_file}"\n')
     runtime = AgentRuntime(load_settings(config), config_path=config)
     first = runtime.settings.access_token
     renewed = issue(keys, "monitor", time.time(), 3600)
@@ -202,6 +202,17 @@ async def test_the_agent_rereads_its_token_file_on_reload(keys: Keyring, tmp_pat
     token_file.write_text("garbage\n")
     runtime.reload()  # a bad file keeps the old token (and says so in the log)
     assert runtime.settings.access_token == renewed
+
+
+def test_the_older_key_name_reflector_token_file_is_still_read(keys: Keyring, tmp_path: Path
+                                                               ) -> None:
+    token_file = tmp_path / "reflector-token"
+    token = issue(keys, "monitor", time.time())
+    token_file.write_text(token + "\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nserver = "http://127.0.0.1:9"\n'
+                      f'reflector_token_file = "{token_file}"\n')
+    assert AgentRuntime(load_settings(config), config_path=config).settings.access_token == token
 
 
 async def test_an_open_reflector_without_a_secret_checks_anyone_and_monitors_no_one(

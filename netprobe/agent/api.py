@@ -73,7 +73,7 @@ class AgentApi:
         a = agent.settings.agent
         self.host = a.api_host
         self.port = a.api_port
-        self.token_path = Path(a.token_file) if a.token_file else default_token_path()
+        self.token_path = Path(a.api_token_file) if a.api_token_file else default_token_path()
         self.token = load_or_create_token(self.token_path)
         self._runner: web.AppRunner | None = None
         self._streams: set[web.StreamResponse] = set()

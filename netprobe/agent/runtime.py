@@ -139,7 +139,8 @@ class AgentRuntime:
             raise ConfigError("no reflector URL: give --server URL or [agent] server = ...")
         if not agent.server.startswith(("http://", "https://")):
             raise ConfigError(f"--server: {agent.server!r} must be an http:// or https:// URL")
-        token = read_token_file(agent.reflector_token_file) if agent.reflector_token_file \
+        token_path = agent.token_file or agent.reflector_token_file
+        token = read_token_file(token_path) if token_path \
             else settings.access_token  # re-read on SIGHUP: a renewed token is picked up
         return replace(settings, agent=agent, access_token=token)
 

@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Print a new token signed with the first key of the secret file. "
                     "Scope `check`: good for one pre-session check (send it as a check link); "
                     "scope `monitor`: for the background agent's monitoring streams and "
-                    "checks ([agent] reflector_token_file). Exit 0 printed, 2 bad option or "
+                    "checks ([agent] token_file). Exit 0 printed, 2 bad option or "
                     "secret file.")
     iss.add_argument("--secret-file", required=True, type=Path, metavar="PATH",
                      help="the reflector's token secret file (`kid = secret` lines, mode 0600)")

@@ -108,8 +108,8 @@ class Rig:
             "[agent]\n"
             f'server = "http://{lab.server_addr}:{REFLECTOR_PORT}"\n'
             f"api_port = {API_PORT}\n"
-            f'token_file = "{self.token_path}"\n'
-            f'reflector_token_file = "{reflector_token}"\n'
+            f'api_token_file = "{self.token_path}"\n'
+            f'token_file = "{reflector_token}"\n'
             f'log_file = "{self.log_path}"\n' + extra_agent_config)
         self._agent_err = (self.dir / "agent.stderr").open("wb")  # noqa: ASYNC230, SIM115
         self.agent_started_at = time.monotonic()
