@@ -75,6 +75,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        # a string-or-list setting (`[agent] server`): a list takes the tuple member
+        listed = [a for a in inner if typing.get_origin(a) is tuple]
+        if isinstance(value, list) and listed:
+            return _coerce(value, listed[0], where)
         return _coerce(value, inner[0], where)
     if origin is tuple:
         if not isinstance(value, list):

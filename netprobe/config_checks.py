@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 
 from netprobe.core.admission import network_problem
 from netprobe.core.classify import AudioThresholds, VideoThresholds
+from netprobe.core.failover import MAX_SERVERS
 from netprobe.settings import (
     AgentSettings,
     IceServer,
     ProbeSettings,
     ReflectorSettings,
 )
+from netprobe.webrtc.candidates import parse_public_address
 
 
 def _numbers(value: Any) -> list[float]:
@@ -81,6 +83,14 @@ def ice_url_problem(url: str) -> str | None:
     return None
 
 
+def _public_address_problem(text: str) -> str | None:
+    try:
+        parse_public_address(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def problem(obj: Any) -> tuple[str, str] | None:
     """The first bad value of settings dataclass `obj`: (key, reason), or None."""
     for f in dataclasses.fields(obj):
@@ -90,7 +100,8 @@ def problem(obj: Any) -> tuple[str, str] | None:
             if value < 0:
                 return f.name, f"must not be negative, got {value}"
     checks: list[tuple[bool, str, str]] = []
-    secret_files = ("token_secret_file", "token_file", "reflector_token_file")
+    secret_files = ("token_secret_file", "token_file", "reflector_token_file",
+                    "tls_cert_file", "tls_key_file")
     for key in secret_files:  # secret files named in settings: readable
         if path := getattr(obj, key, ""):
             checks.append((readable_file_problem(path) is None, key,
@@ -140,9 +151,17 @@ def problem(obj: Any) -> tuple[str, str] | None:
             (obj.max_body_bytes >= 4096, "max_body_bytes", "must be at least 4096"),
             (obj.monitor_timeout_s > 0, "monitor_timeout_s", "must be above 0"),
             (100 <= obj.max_down_kbps <= 1_000_000, "max_down_kbps", "must be 100-1000000"),
+            (obj.workers <= 256, "workers", "must be 0 (one per core) to 256"),
+            (obj.drain_timeout_s <= 3600, "drain_timeout_s", "must be 0-3600 seconds"),
+            (bool(obj.tls_cert_file) == bool(obj.tls_key_file),
+             "tls_key_file" if obj.tls_cert_file else "tls_cert_file",
+             "give both tls_cert_file and tls_key_file (--tls-cert and --tls-key), or neither"),
         ]
         checks += [(network_problem(n) is None, key, network_problem(n) or "")
                    for key in ("trusted_proxies", "metrics_from") for n in getattr(obj, key)]
+        if obj.public_address:
+            checks.append((_public_address_problem(obj.public_address) is None,
+                           "public_address", _public_address_problem(obj.public_address) or ""))
     if isinstance(obj, AgentSettings):
         checks += [
             (0 < obj.api_port < 65536, "api_port", f"must be 1-65535, got {obj.api_port}"),
@@ -164,8 +183,10 @@ def problem(obj: Any) -> tuple[str, str] | None:
         checks += [(origin.startswith(("http://", "https://")) and origin.count("/") == 2,
                     "cors_origins", f"{origin!r} is not an origin like https://host[:port]")
                    for origin in obj.cors_origins]
-        if obj.server:
-            problem = server_url_problem(obj.server)
+        checks.append((len(obj.servers) <= MAX_SERVERS, "server",
+                       f"give at most {MAX_SERVERS} reflector URLs"))
+        for url in obj.servers:  # every URL of the list, as a single one is
+            problem = server_url_problem(url)
             checks.append((problem is None, "server", problem or ""))
     if isinstance(obj, VideoThresholds):
         checks += [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from netprobe.core.classify import Thresholds
+from netprobe.core.failover import server_list
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class ReflectorSettings:
     """An answered offer not connected by then is closed and its slot freed."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses/networks of reverse proxies whose X-Forwarded-For names the client."""
+    public_address: str = ""
+    """Behind a 1:1 NAT: the public IPv4/IPv6 address that answers name instead of this
+    machine's own in their host candidates (ports kept); empty: no rewriting."""
     metrics_from: tuple[str, ...] = ("127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12",
                                      "192.168.0.0/16", "fc00::/7")
     """Addresses/networks allowed to read `GET /metrics` (others get 403)."""
@@ -91,6 +95,15 @@ class ReflectorSettings:
     Default: the default ladder's top rung. Also sets a session's downlink byte budget (10 s
     at this rate); the other media caps are constants (netprobe/core/responder.py)."""
     ice_servers: tuple[IceServer, ...] = ()
+    workers: int = 0
+    """Worker processes sharing the port (docs/reflector.md, "Workers"); 0: one per usable
+    core (Linux; 1 elsewhere); 1: one process, no supervisor. Caps are split among them."""
+    drain_timeout_s: float = 15.0
+    """On SIGTERM, how long running checks may take to finish before everything is closed."""
+    tls_cert_file: str = ""
+    """PEM certificate chain to serve https directly (with tls_key_file; reloaded on SIGHUP)."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file; both or neither."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +114,10 @@ class PrivacySettings:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    server: str = ""
-    """Reflector URL the agent checks against (required to run the agent)."""
+    server: str | tuple[str, ...] = ""
+    """Reflector URL(s) the agent checks against (required to run the agent): a string (URLs
+    may be comma-separated) or a list of strings; several are tried in a shuffled order, and
+    the monitoring stream moves between them (docs/reflector.md, "Failover and scale-out")."""
     api_host: str = "127.0.0.1"
     """The local API's address: loopback only (a non-loopback address is refused)."""
     api_port: int = 8766
@@ -139,6 +154,11 @@ class AgentSettings:
     """Deprecated name of `token_file` (read when `token_file` is not set)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (e.g. "https://video.clinic.example") allowed to call the API."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """`server` as a list of URLs (split at commas, blanks and repeats dropped)."""
+        return server_list(self.server)
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,32 @@
 """Fuzz/soak a reflector process with hostile signalling and media (issue 8, item 6).
 
-Starts `netprobe serve` on loopback (a random port, access tokens on, per-source limits loose
-enough for one fuzzing machine), records its RSS and CPU, then at once:
+Starts `netprobe serve --workers 1` on loopback (one process: a worker process is the same
+`Reflector`; a random port, access tokens on, per-source limits loose enough for one fuzzing
+machine) under `netprobe.bench.heapwatch` (a heap snapshot on SIGUSR1),
+runs one real check (the warm-up), then `--rounds` identical attacks (default 2), each at once:
 
-- sends hostile HTTP requests (`--http`, default 10,000): bad and huge JSON, wrong types and
+- hostile HTTP requests (`--http`, default 10,000): bad and huge JSON, wrong types and
   content types, SDP with hundreds of m-lines, wrong methods and paths, wrong, expired,
   wrong-scope and replayed access tokens, floods from one (forwarded) source, slow bodies;
-- sends malformed media payloads over real aiortc peer connections (`--media`, default
-  100,000): random bytes, truncated packets, wrong versions, non-finite and absurd times,
-  sequence numbers near 2^32, absurd downlink requests, loads for hundreds of rungs;
-- runs a legitimate `netprobe check` while that goes on;
+- malformed media payloads over real aiortc peer connections (`--media`, default 100,000):
+  random bytes, truncated packets, wrong versions, non-finite and absurd times, sequence
+  numbers near 2^32, absurd downlink requests, loads for hundreds of rungs;
+- a legitimate `netprobe check` while that goes on;
 
-then a final check, SIGTERM and how long the process took to stop. Prints requests sent,
-answers by status, payloads sent, RSS before/after, CPU, the stop time and both verdicts.
-Loopback only, bounded in count and time (`--max-seconds`). Exit status 1 if a bound was
-broken (RSS grew > 10 MB, a request got no documented answer, the final check was not `video`,
-SIGTERM took > 10 s).
+then, once the reflector holds no session, a heap snapshot; after the rounds a final check,
+SIGTERM and how long the process took to stop. Prints requests sent, answers by status,
+payloads sent, CPU, the stop time, the verdicts, and memory after each round: RSS, growth over
+the round, the live Python objects and sessions, and what glibc's allocator holds in use and
+free. Loopback only, bounded in count and time (`--max-seconds` per round).
 
-    python scripts/fuzz_reflector.py [--http N] [--media N] [--max-seconds S]
+Memory is judged as a leak would show: the first attack raises RSS once (the allocator keeps
+the heap the peak of concurrent peer connections needed); a leak grows again in every later
+identical round, a high-water mark does not. Exit status 1 if a bound was broken: RSS grew
+> 10 MB over the last round (the steady state; with `--rounds 1`, over the only one), live
+objects grew from round to round, a request got no documented answer, the final check was not
+`video`, SIGTERM took > 10 s.
+
+    python scripts/fuzz_reflector.py [--http N] [--media N] [--rounds N] [--max-seconds S]
 """
 
 from __future__ import annotations
@@ -27,19 +36,16 @@ import asyncio
 import json
 import os
 import random
-import struct
+import signal
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-from aiortc import RTCSessionDescription
 
-from netprobe.core import wire
-from netprobe.core.wire import Echo, Load, Probe, encode_echo, encode_load, encode_probe
+from netprobe.bench.hostile import Fuzzer, proc_figures, run_check, tokens
 from netprobe.webrtc.engine import (
     PacketTrack,
     create_peer_connection,
@@ -47,293 +53,100 @@ from netprobe.webrtc.engine import (
     restrict_host_candidates,
 )
 
-try:  # the access-token feature (netprobe/tokens.py); without it, the token cases are skipped
-    from netprobe import tokens
-except ImportError:  # pragma: no cover - the hook for a build without tokens
-    tokens = None  # type: ignore[assignment]
-
-NETPROBE = [sys.executable, "-m", "netprobe"]
-PER_SESSION = 900  # media payloads per peer connection: under the reflector's refusal cap
+HEAPWATCH = [sys.executable, "-m", "netprobe.bench.heapwatch"]
 SECRET = "k1 = " + "f" * 64 + "\n"
+RSS_BOUND = 10e6
+OBJECT_SLACK = 2000  # live objects a round may add (caches of bounded size) without a leak
 
 
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - aiortc signals no event for these states
-            await asyncio.sleep(0.02)
+class Heap:
+    """Heap snapshots of the reflector (`netprobe.bench.heapwatch`), one per `take()`."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.pid, self.path, self.taken = pid, path, 0
+
+    async def take(self) -> dict[str, Any]:
+        os.kill(self.pid, signal.SIGUSR1)
+        self.taken += 1
+        async with asyncio.timeout(30):
+            while True:
+                await asyncio.sleep(0.1)
+                lines = self.path.read_text().splitlines() if self.path.exists() else []
+                if len(lines) >= self.taken:
+                    return dict(json.loads(lines[-1]))
 
 
-def proc_figures(pid: int) -> tuple[int, float]:
-    """(RSS bytes, CPU seconds user+system) of process `pid`, from /proc."""
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss, (int(fields[11]) + int(fields[12])) / ticks
+async def sessions_left(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as resp:
+        return int((await resp.json()).get("sessions", 0))
 
 
-class Fuzzer:
-    def __init__(self, url: str, keyring: object | None, rng: random.Random) -> None:
-        self.url = url
-        self.keyring = keyring
-        self.rng = rng
-        self.statuses: Counter[str] = Counter()
-        self.codes: Counter[str] = Counter()
-        self.undocumented = 0
-        self.requests = 0
-        self.payloads = 0
-        self.sessions = 0
-        self.session_failures: Counter[str] = Counter()
-        self.offer_sdp = ""
-        self.benign = False
-
-    def token(self, scope: str = "check", ttl: float | None = None, now: float | None = None
-              ) -> str:
-        if tokens is None or self.keyring is None:
-            return ""
-        return tokens.issue(self.keyring, scope, time.time() if now is None else now, ttl)
-
-    # -- signalling --------------------------------------------------------------------------
-
-    def _m_lines(self, n: int) -> str:
-        lines = "".join(f"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{i}\r\n"
-                        "a=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n" for i in range(n))
-        return "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n" + lines
-
-    def request(self) -> tuple[str, str, dict[str, str], bytes]:
-        """One hostile request: (method, path, headers, body)."""
-        rng, sdp = self.rng, self.offer_sdp
-        js = {"Content-Type": "application/json"}
-        auth = {"Authorization": f"Bearer {self.token()}"} if self.keyring else {}
-        case = rng.randrange(16)
-        if case == 0:
-            return "POST", "/v1/offer", js, rng.randbytes(rng.randint(0, 2000))
-        if case == 1:
-            return "POST", "/v1/offer", js, b'{"sdp": "' + b"v" * 70_000 + b'"}'
-        if case == 2:
-            return "POST", "/v1/offer", js, b"[" * 5000 + b"]" * 5000
-        if case == 3:
-            body = rng.choice([[1, 2], {"sdp": 5, "type": "offer"}, {"type": "offer"},
-                               {"sdp": sdp, "type": "answer"}, {"sdp": sdp, "type": "offer",
-                                                                 "mode": "x" * 100}, "offer",
-                               {"sdp": "hello", "type": "offer"}, None, 1e308])
-            return "POST", "/v1/offer", {**js, **auth}, json.dumps(body).encode()
-        if case == 4:
-            return "POST", "/v1/offer", {"Content-Type": rng.choice(
-                ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])}, \
-                b"sdp=1"
-        if case in (5, 6):  # SDP with hundreds of m-lines, alone or after a real offer
-            extra = self._m_lines(rng.randint(100, 300))
-            text = extra if case == 5 else sdp + extra.split("t=0 0\r\n", 1)[1]
-            return "POST", "/v1/offer", {**js, **auth}, json.dumps(
-                {"sdp": text[:32_000], "type": "offer"}).encode()
-        if case == 7:
-            return rng.choice(["GET", "PUT", "DELETE"]), "/v1/offer", {}, b""
-        if case == 8:
-            path = rng.choice(["/", "/v1", "/v1/offer/x", "/admin", "/%00", "/" + "a" * 3000])
-            return "GET", path, {}, b""
-        if case == 9:  # garbage and wrong tokens
-            bad = rng.choice(["", "Bearer", "Bearer x", "Basic YTpi", "Bearer " + "e" * 5000,
-                              "Bearer eyJhbGciOiJub25lIn0.eyJzY29wZSI6ImNoZWNrIn0."])
-            return "POST", "/v1/offer", {**js, "Authorization": bad}, json.dumps(
-                {"sdp": sdp, "type": "offer"}).encode()
-        if case == 10 and self.keyring:  # expired
-            old = self.token(now=time.time() - 7200, ttl=60)
-            return "POST", "/v1/offer", {**js, "Authorization": f"Bearer {old}"}, json.dumps(
-                {"sdp": sdp, "type": "offer"}).encode()
-        if case == 11 and self.keyring:  # a check token for a monitoring stream
-            return "POST", "/v1/offer", {**js, **auth}, json.dumps(
-                {"sdp": sdp, "type": "offer", "mode": "monitor"}).encode()
-        if case == 12:  # a flood from one forwarded source: rate limited
-            return "POST", "/v1/offer", {**js, "X-Forwarded-For": "203.0.113.7"}, b"{"
-        if case == 13:  # many sources: the rate limiter's table must stay bounded
-            src = f"198.51.{rng.randrange(256)}.{rng.randrange(256)}"
-            return "POST", "/v1/offer", {**js, "X-Forwarded-For": src}, b"{}"
-        if case == 14:
-            return "GET", rng.choice(["/healthz", "/metrics"]), {}, b""
-        return "POST", "/v1/offer", js, json.dumps({"sdp": "v=0\r\n" + rng.choice(
-            ["m=\r\n" * 500, "a=" + "x" * 20_000, "\x00" * 1000]), "type": "offer"}).encode()
-
-    async def http(self, n: int, concurrency: int = 16) -> None:
-        timeout = aiohttp.ClientTimeout(total=30)
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-            async def one() -> None:
-                method, path, headers, body = self.request()
-                try:
-                    async with http.request(method, self.url + path, headers=headers,
-                                            data=body) as resp:
-                        self.statuses[str(resp.status)] += 1
-                        text = await resp.read()
-                        if resp.status >= 400:
-                            self._documented(text)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    self.statuses[type(exc).__name__] += 1
-                    self.undocumented += 1
-                self.requests += 1
-
-            queue = list(range(n))
-            async def worker() -> None:
-                while queue:
-                    queue.pop()
-                    await one()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            await self.replays(http)
-
-    def _documented(self, body: bytes) -> None:
-        try:
-            error = json.loads(body)["error"]
-            self.codes[error["code"]] += 1
-            assert isinstance(error["message"], str)
-        except Exception:  # noqa: BLE001 - an answer that is not a documented JSON error
-            self.undocumented += 1
-            self.codes["<not a JSON error>"] += 1
-
-    async def replays(self, http: aiohttp.ClientSession, n: int = 10) -> None:
-        """A check token used twice: the second use is refused (403 already used)."""
-        if not self.keyring:
-            return
-        for _ in range(n):
-            token = self.token()
-            for _use in range(2):
-                headers = {"Authorization": f"Bearer {token}"}
-                async with http.post(self.url + "/v1/offer", headers=headers,
-                                     json={"sdp": self.offer_sdp, "type": "offer"}) as resp:
-                    self.statuses[str(resp.status)] += 1
-                    self.requests += 1
-                    if resp.status >= 400:
-                        self._documented(await resp.read())
-
-    async def slow_bodies(self, n: int = 20, seconds: float = 6.0) -> None:
-        """Connections that announce a body and trickle it: what happens to each."""
-        host, port = self.url.split("//")[1].split(":")
-
-        async def one() -> None:
-            try:
-                reader, writer = await asyncio.open_connection(host, int(port))
-            except OSError:
-                self.statuses["slow:refused"] += 1
-                return
-            writer.write(b"POST /v1/offer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                         b"\r\nContent-Length: 4000\r\n\r\n")
-            outcome = "slow:still waiting at our cap"
-            try:
-                async with asyncio.timeout(seconds):
-                    while True:
-                        writer.write(b" ")
-                        await writer.drain()
-                        try:
-                            async with asyncio.timeout(0.3):
-                                line = await reader.readline()
-                        except TimeoutError:
-                            continue
-                        outcome = "slow:" + (line.decode(errors="replace").split(" ")[1]
-                                             if line else "closed by the server")
-                        break
-            except (TimeoutError, OSError):
-                pass
-            finally:
-                writer.close()
-            self.statuses[outcome] += 1
-            self.requests += 1
-
-        await asyncio.gather(*(one() for _ in range(n)))
-
-    # -- media -------------------------------------------------------------------------------
-
-    def payloads_for(self, audio: PacketTrack, video: PacketTrack, n: int
-                     ) -> list[tuple[PacketTrack, bytes]]:
-        rng, big = self.rng, 2**32 - 1
-        if self.benign:  # the control run: sane probes and loads, paced like the rest
-            return [(audio, encode_probe(Probe(k, k / 500), 40)) if k % 2 else
-                    (video, encode_load(Load(0, k, k / 500), 1000)) for k in range(n)]
-        makers: list[Callable[[], tuple[PacketTrack, bytes]]] = [
-            lambda: (audio, rng.randbytes(rng.randint(0, 300))),
-            lambda: (video, rng.randbytes(rng.randint(0, 1200))),
-            lambda: (audio, encode_probe(Probe(rng.randint(0, big), 1.0))[:rng.randint(0, 25)]),
-            lambda: (video, encode_load(Load(1, 1, 1.0), 100)[:rng.randint(0, 17)]),
-            lambda: (audio, b"NP" + bytes([rng.choice([0, 1, 3, 255]), 1]) + rng.randbytes(30)),
-            lambda: (audio, b"NP" + bytes([wire.VERSION, 1]) + struct.pack(
-                "!IdhIHH", rng.randint(0, big), rng.choice([float("nan"), float("inf"), 1e300]),
-                0, 3200, 1200, 600)),
-            lambda: (audio, encode_probe(Probe(big - rng.randint(0, 3), 1.0))),
-            lambda: (audio, encode_probe(Probe(rng.randint(0, big), rng.uniform(-1e9, 1e9),
-                                               rng.randint(-1, 2**15 - 1), big, 65_535,
-                                               65_535))),
-            lambda: (video, encode_load(Load(rng.randint(0, 2**15 - 1), rng.randint(0, big),
-                                             rng.uniform(-1e9, 1e9)), rng.randint(0, 1200))),
-            lambda: (audio, encode_echo(Echo(1, 1.0, 1, 1.0, 0.0, 1, 1, 0.0))),
-        ]
-        return [rng.choice(makers)() for _ in range(n)]
-
-    async def media_session(self, n: int) -> None:
-        pc = create_peer_connection()
-        audio, video = PacketTrack("audio"), PacketTrack("video")
-        pc.addTransceiver(audio, direction="sendrecv")
-        pc.addTransceiver(video, direction="sendrecv")
-        prefer_test_codecs(pc)
-        try:
-            await pc.setLocalDescription(await pc.createOffer())
-            headers = {"Authorization": f"Bearer {self.token()}"} if self.keyring else {}
-            async with aiohttp.ClientSession() as http:
-                async with http.post(self.url + "/v1/offer", headers=headers, json={
-                        "sdp": pc.localDescription.sdp, "type": "offer"}) as resp:
-                    if resp.status != 200:
-                        self.session_failures[f"offer {resp.status}"] += 1
-                        return
-                    answer = await resp.json()
-            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-            await until(lambda: pc.connectionState == "connected", 10)
-            self.sessions += 1
-            for k, (track, data) in enumerate(self.payloads_for(audio, video, n)):
-                track.push(lambda data=data: data)
-                if k % 20 == 0:
-                    await asyncio.sleep(0.01)
-            await until(lambda: not (audio.backlog or video.backlog)
-                        or pc.connectionState != "connected", 20)
-            self.payloads += audio.sent_packets + video.sent_packets
-        except TimeoutError:
-            self.session_failures["connect or send timeout"] += 1
-        finally:
-            await pc.close()
-
-    async def media(self, total: int, parallel: int = 3) -> None:
-        left = [total]
-
-        async def worker() -> None:
-            while left[0] > 0:
-                n = min(PER_SESSION, left[0])
-                left[0] -= n
-                await self.media_session(n)
-
-        await asyncio.gather(*(worker() for _ in range(parallel)))
+async def settle(url: str, limit_s: float = 60.0) -> float:
+    """Wait until the reflector holds no session (at most `limit_s`); the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s and await sessions_left(url):  # noqa: ASYNC110
+        await asyncio.sleep(0.5)  # the reflector signals nothing when its last session ends
+    return time.monotonic() - t0
 
 
-async def run_check(url: str, token: str, env: dict[str, str]) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *NETPROBE, "check", "--server", url, "--json", env={**env, "NETPROBE_TOKEN": token},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await proc.communicate()
+def heap_line(label: str, doc: dict[str, Any], base: dict[str, Any],
+              prev: dict[str, Any]) -> str:
+    m = doc.get("malloc", {})
+    w = doc["watched"]
+    grown, since = (doc["rss"] - prev["rss"]) / 1e6, (doc["rss"] - base["rss"]) / 1e6
+    return (f"  {label:<22} RSS {doc['rss'] / 1e6:6.1f} MB ({grown:+5.1f} over it, "
+            f"{since:+5.1f} since the warm-up)  "
+            f"objects {doc['objects']} ({doc['objects'] - prev['objects']:+d})  sessions "
+            f"{w['ReflectorSession']}, peer connections {w['RTCPeerConnection']}, tasks "
+            f"{doc['tasks']}, threads {doc['threads']}, fds {doc['fds']}  glibc in use "
+            f"{m.get('uordblks', 0) / 1e6:.1f} MB, free kept {m.get('fordblks', 0) / 1e6:.1f} MB"
+            f"; RSS after malloc_trim {doc['rss_after_trim'] / 1e6:.1f} MB")
+
+
+async def attack(fuzz: Fuzzer, args: argparse.Namespace, url: str, env: dict[str, str]
+                 ) -> tuple[float, str]:
+    """One round: HTTP, media and slow bodies at once, a check 5 s in; (seconds, verdict)."""
+    t0 = time.monotonic()
+    during = asyncio.ensure_future(asyncio.sleep(0))
     try:
-        doc = json.loads(out)
-        reasons = [r["code"] for r in doc.get("reasons", [])]
-        return f"{doc['verdict']} {reasons} in {doc['duration_s']:.1f} s"
-    except Exception:  # noqa: BLE001 - report what came out
-        return f"no result (exit {proc.returncode})"
+        async with asyncio.timeout(args.max_seconds):
+            async def check_later() -> str:
+                await asyncio.sleep(5)
+                return await run_check(url, fuzz.token(), env)
+            during = asyncio.ensure_future(check_later())
+            await asyncio.gather(fuzz.http(args.http), fuzz.media(args.media),
+                                 fuzz.slow_bodies())
+            verdict = await during
+    except TimeoutError:
+        verdict = "(cut off by --max-seconds)"
+        during.cancel()
+    return time.monotonic() - t0, verdict
+
+
+async def sample_offer() -> str:
+    sample = create_peer_connection()
+    sample.addTransceiver(PacketTrack("audio"), direction="sendrecv")
+    sample.addTransceiver(PacketTrack("video"), direction="sendrecv")
+    prefer_test_codecs(sample)
+    await sample.setLocalDescription(await sample.createOffer())
+    sdp = sample.localDescription.sdp
+    await sample.close()
+    return sdp
 
 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--http", type=int, default=10_000)
     ap.add_argument("--media", type=int, default=100_000)
-    ap.add_argument("--max-seconds", type=float, default=300.0)
+    ap.add_argument("--rounds", type=int, default=2, help="identical attacks (1-10, default 2)")
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="per round")
     ap.add_argument("--seed", type=int, default=8)
     ap.add_argument("--benign", action="store_true",
                     help="control run: the same peer connections with well-formed payloads "
                          "(tells per-connection memory from growth caused by hostile input)")
     args = ap.parse_args()
+    if not 1 <= args.rounds <= 10:
+        ap.error("--rounds must be 1-10")
     restrict_host_candidates(["127.0.0.1"])
     work = Path(tempfile.mkdtemp(prefix="netprobe-fuzz-"))
     secret = work / "secret"
@@ -349,9 +162,10 @@ async def main() -> int:
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
     with (work / "reflector.stderr").open("wb") as stderr:  # an unread pipe would fill up
         proc = await asyncio.create_subprocess_exec(
-            *NETPROBE, "--config", str(config), "serve", "--host", "127.0.0.1", "--port",
-            str(port), "--log-file", str(work / "reflector.log"), stderr=stderr,
-            stdout=asyncio.subprocess.DEVNULL, env=env)
+            *HEAPWATCH, "--config", str(config), "serve", "--host", "127.0.0.1", "--port",
+            str(port), "--log-file", str(work / "reflector.log"), "--workers", "1", stderr=stderr,
+            stdout=asyncio.subprocess.DEVNULL,
+            env={**env, "NETPROBE_HEAPWATCH": str(work / "heap.jsonl")})
     url = f"http://127.0.0.1:{port}"
     async with asyncio.timeout(15):
         while True:
@@ -361,41 +175,24 @@ async def main() -> int:
                         break
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
-    rss_cold, _ = proc_figures(proc.pid)
+    heap = Heap(proc.pid, work / "heap.jsonl")
+    cold = await heap.take()
     fuzz = Fuzzer(url, keyring, random.Random(args.seed))
     fuzz.benign = args.benign
-    # One check first: its lazy imports and first-use caches (aiortc, PyAV, crypto) are the
-    # server's working set, not growth; the bound applies from there.
+    # The warm-up: one check. Its lazy imports and first-use caches (aiortc, PyAV, crypto) are
+    # the server's working set, not growth.
     verdict_before = await run_check(url, fuzz.token(), env)
-    await asyncio.sleep(1)
-    rss0, cpu0 = proc_figures(proc.pid)
-    sample = create_peer_connection()
-    sample.addTransceiver(PacketTrack("audio"), direction="sendrecv")
-    sample.addTransceiver(PacketTrack("video"), direction="sendrecv")
-    prefer_test_codecs(sample)
-    await sample.setLocalDescription(await sample.createOffer())
-    fuzz.offer_sdp = sample.localDescription.sdp
-    await sample.close()
-
-    t0 = time.monotonic()
-    during = asyncio.ensure_future(asyncio.sleep(0))
-    try:
-        async with asyncio.timeout(args.max_seconds):
-            async def check_later() -> str:
-                await asyncio.sleep(5)
-                return await run_check(url, fuzz.token(), env)
-            during = asyncio.ensure_future(check_later())
-            await asyncio.gather(fuzz.http(args.http), fuzz.media(args.media),
-                                 fuzz.slow_bodies())
-            verdict_during = await during
-    except TimeoutError:
-        verdict_during = "(cut off by --max-seconds)"
-        during.cancel()
-    elapsed = time.monotonic() - t0
-    await asyncio.sleep(6)  # unconnected offers freed, sessions closed
+    await settle(url)
+    warm = await heap.take()
+    _, cpu0 = proc_figures(proc.pid)
+    fuzz.offer_sdp = await sample_offer()
+    rounds: list[tuple[float, str, float, dict[str, Any]]] = []
+    for _ in range(args.rounds):
+        elapsed, verdict = await attack(fuzz, args, url, env)
+        settled = await settle(url)
+        rounds.append((elapsed, verdict, settled, await heap.take()))
+    _, cpu1 = proc_figures(proc.pid)
     verdict_after = await run_check(url, fuzz.token(), env)
-    await asyncio.sleep(1)
-    rss1, cpu1 = proc_figures(proc.pid)
     t_term = time.monotonic()
     proc.terminate()
     try:
@@ -406,7 +203,9 @@ async def main() -> int:
         proc.kill()
         stop_s = float("inf")
 
-    print(f"fuzzing took {elapsed:.1f} s (reflector pid {proc.pid}, logs in {work})")
+    fuzzing = sum(r[0] for r in rounds)
+    print(f"{args.rounds} round(s) of fuzzing took {fuzzing:.1f} s (reflector pid {proc.pid}, "
+          f"logs in {work})")
     print(f"HTTP requests sent: {fuzz.requests}")
     print("  answers by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(
         fuzz.statuses.items())))
@@ -415,16 +214,36 @@ async def main() -> int:
     print(f"media payloads sent: {fuzz.payloads} over {fuzz.sessions} peer connections"
           + (f" (failed sessions: {dict(fuzz.session_failures)})" if fuzz.session_failures
              else ""))
-    print(f"reflector RSS: {rss_cold / 1e6:.1f} MB at start, {rss0 / 1e6:.1f} MB after a "
-          f"first check, {rss1 / 1e6:.1f} MB after the fuzzing ({(rss1 - rss0) / 1e6:+.1f} MB)")
-    print(f"reflector CPU: {cpu1 - cpu0:.1f} s over {elapsed:.1f} s of fuzzing and 2 checks "
-          f"({(cpu1 - cpu0) / elapsed:.0%} of a core)")
+    print(f"reflector CPU: {cpu1 - cpu0:.1f} s over {fuzzing:.1f} s of fuzzing and its checks "
+          f"({(cpu1 - cpu0) / fuzzing:.0%} of a core)")
+    print("reflector memory (each snapshot after gc.collect(), once no session is left):")
+    print(heap_line("at start", cold, cold, cold))
+    print(heap_line("after the warm-up check", warm, warm, cold))
+    prev = warm
+    for i, (_elapsed, _verdict, settled, doc) in enumerate(rounds, 1):
+        print(heap_line(f"after attack {i}", doc, warm, prev)
+              + f"  (sessions ended {settled:.0f} s after it)")
+        prev = doc
+    last = rounds[-1][3]
+    before_last = rounds[-2][3] if len(rounds) > 1 else warm
+    steady = last["rss"] - before_last["rss"]
+    objects = [r[3]["objects"] for r in rounds]
+    objects_grew = any(b - a > OBJECT_SLACK for a, b in zip(objects, objects[1:], strict=False))
+    leftover = last["watched"]["ReflectorSession"] or last["watched"]["RTCPeerConnection"]
+    first = rounds[0][3]["rss"] - warm["rss"]
+    print(f"RSS growth over the first attack (from the warm-up): {first / 1e6:+.1f} MB, the "
+          "allocator's high-water mark for the peak of concurrent peer connections")
+    if len(rounds) > 1:
+        print(f"RSS growth over the last attack (steady state): {steady / 1e6:+.1f} MB "
+              f"(bound {RSS_BOUND / 1e6:g} MB); live objects growing round to round: "
+              f"{'yes' if objects_grew else 'no'}; sessions left over: {leftover}")
     print(f"SIGTERM to exit: {stop_s:.2f} s (exit status {proc.returncode})")
     print(f"check before the fuzzing: {verdict_before}")
-    print(f"check during the fuzzing: {verdict_during}")
+    for i, (_e, verdict, _s, _d) in enumerate(rounds, 1):
+        print(f"check during attack {i}: {verdict}")
     print(f"check afterwards: {verdict_after}")
-    ok = (rss1 - rss0 <= 10e6 and fuzz.undocumented == 0 and verdict_after.startswith("video")
-          and stop_s <= 10)
+    ok = (steady <= RSS_BOUND and not objects_grew and not leftover and fuzz.undocumented == 0
+          and verdict_after.startswith("video") and stop_s <= 10)
     print("PASS" if ok else "FAIL: a bound was broken")
     return 0 if ok else 1
 

@@ -19,9 +19,11 @@ def free_port() -> int:
 
 
 async def serve(port: int, *args: str) -> asyncio.subprocess.Process:
-    """A reflector process (`netprobe serve`) on 127.0.0.1:`port`, once it listens."""
+    """A reflector process (`netprobe serve`) on 127.0.0.1:`port`, once it listens: one
+    process (`--workers 1`, exact caps) unless `args` names `--workers`."""
+    workers = () if "--workers" in args else ("--workers", "1")
     proc = await asyncio.create_subprocess_exec(
-        *NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+        *NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port), *workers, *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=CHILD_ENV)
     assert proc.stderr is not None
     line = await asyncio.wait_for(proc.stderr.readline(), 15)

@@ -93,6 +93,9 @@ BAD_FLAGS = [
     (("check", "--server", "ftp://reflector.example"), "--server"),
     (("check", "--server", "reflector.example:8765"), "--server"),
     (("check", "--server", ""), "--server"),
+    (("check", "--server", "http://ok.example:8765,ftp://x"), "--server"),
+    (("check", "--server", "http://ok.example:8765", "--server", "nope"), "--server"),
+    (("check", "--server", " , "), "--server"),
     (("serve", "--port", "0"), "--port"),
     (("serve", "--port", "-1"), "--port"),
     (("serve", "--port", "http"), "--port"),
@@ -107,6 +110,7 @@ BAD_FLAGS = [
     (("agent", "--api-port", "x"), "--api-port"),
     (("agent", "--server", "http://[::1"), "--server"),
     (("agent", "--server", "reflector.example:8765"), "--server"),
+    (("agent", "--server", "http://ok.example:8765", "--server", "ok.example"), "--server"),
     (("lab", "run", "--profile", "dsl", "--server-cmd", "'unclosed", "--", "true"),
      "--server-cmd"),
     (("lab", "run", "--profile", "dsl", "--server-wait", "nan", "--", "true"), "--server-wait"),
@@ -134,6 +138,9 @@ def test_a_bad_flag_value_exits_2_with_a_message_naming_it(args: tuple[str, ...]
     ("[probe]\nwarp = 9", "unknown setting 'warp'"),
     ("[probe]\nladder_kbps = [800, 300]", "ladder_kbps"),
     ("[reflector]\nport = -1", "reflector.port"),
+    ("[agent]\nserver = ['http://ok.example:8765', 'ftp://x']", "agent.server"),
+    ("[agent]\nserver = 'http://ok.example:8765, nope'", "agent.server"),
+    ("[agent]\nserver = 5", "agent.server"),
     ("[nonsense]\nx = 1", "unknown section"),
 ])
 def test_bad_config_exit_2_names_file_and_key(tmp_path: Path, content: str, needle: str) -> None:
@@ -143,6 +150,26 @@ def test_bad_config_exit_2_names_file_and_key(tmp_path: Path, content: str, need
     assert proc.returncode == 2
     assert str(cfg) in proc.stderr and needle in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_several_servers_a_dead_one_first_the_check_says_video_from_the_next() -> None:
+    """`--server` repeated and comma-separated: in whatever order they are shuffled, the two
+    dead URLs are passed over (fast: nothing listens) and the live reflector answers."""
+    port = free_port()
+    server = subprocess.Popen([*NETPROBE, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=CHILD_ENV)
+    try:
+        assert server.stderr is not None and f":{port}" in server.stderr.readline()
+        dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+        proc = run("check", "--server", dead[0], "--server", f"{dead[1]},http://127.0.0.1:{port}",
+                   "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["verdict"] == "video" and doc["server"] is None  # no address by default
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
 
 
 def test_missing_config_file_exit_2(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def test_idle_checks_a_second_after_start_then_every_jittered_interval(
     d = Drive(jitter, idle_interval_s=interval, idle_jitter=spread)
     assert d.start() == [] and d.policy.next_deadline() == FIRST_CHECK_AFTER_S
     out = d.until(FIRST_CHECK_AFTER_S)
-    assert of(StartCheck, out) == [StartCheck("idle", light=True)]
+    assert of(StartCheck, out) == [StartCheck("idle", light=True, servers=(SERVER,))]
     assert d.status()["check_running"] is True
     out = d.finish(result(VIDEO))
     [changed] = [a for a in out if isinstance(a, Log) and a.event == "recommendation_changed"]
@@ -185,7 +185,8 @@ def test_unreachable_reflector_backs_off_doubling_up_to_the_maximum_then_resets(
         assert d.logs("reflector_unreachable")[-1].fields == {
             "retry_in_s": pytest.approx(wait), "error_code": "server_unreachable"}
         assert d.policy.next_deadline() == pytest.approx(d.now + wait)  # when the line says
-        assert of(StartCheck, d.until(d.now + wait)) == [StartCheck("idle", light=True)]
+        assert of(StartCheck, d.until(d.now + wait)) == [
+            StartCheck("idle", light=True, servers=(SERVER,))]
     assert d.status()["reflector"] == "unreachable" and d.status()["recommendation"] == "unknown"
     d.finish(result(VIDEO))
     assert d.logs("reflector_recovered") and d.policy.backoff_s == low
@@ -232,7 +233,7 @@ def test_a_manual_check_is_refused_while_another_runs_and_resets_the_idle_timer(
     assert d.feed(CheckRequested(d.now)) == []  # the idle check is running
     d.finish(result(VIDEO))
     out = d.feed(CheckRequested(d.now))
-    assert of(StartCheck, out) == [StartCheck("manual", light=False)]
+    assert of(StartCheck, out) == [StartCheck("manual", light=False, servers=(SERVER,))]
     assert d.until(d.now + 10_000) == []  # no idle check while the manual one runs
     d.finish(result(VIDEO), after=1)
     assert d.policy.next_deadline() == pytest.approx(d.now + 600)
@@ -256,7 +257,7 @@ def test_a_network_change_or_a_reload_asks_for_a_check_at_once() -> None:
     d.feed(PassiveSampled(d.now, Readings(), "default_route_changed"))
     assert d.logs("network_changed")[0].fields == {"change": "default_route_changed",
                                                    "interface": 2}
-    assert of(StartCheck, d.until(d.now)) == [StartCheck("idle", light=True)]
+    assert of(StartCheck, d.until(d.now)) == [StartCheck("idle", light=True, servers=(SERVER,))]
     # a reload during that check: another check as soon as it ends
     new = replace(d.settings, agent=replace(d.settings.agent, step_down_after=5))
     d.feed(SettingsChanged(d.now, new))
@@ -301,7 +302,7 @@ def test_a_session_without_a_fresh_result_checks_first(how: str) -> None:
         assert not of(StartCheck, out)
         out = d.finish(result(VIDEO))
     else:
-        assert of(StartCheck, out) == [StartCheck("session", light=False)]
+        assert of(StartCheck, out) == [StartCheck("session", light=False, servers=(SERVER,))]
         assert d.logs("check_started")[-1].fields == {"kind": "session"}
         out = d.finish(result(VIDEO))
     assert of(StartMonitor, out) and d.status()["recommendation"] == "video"
@@ -346,11 +347,11 @@ def test_silence_loses_the_reflector_then_it_reconnects_and_confirms_before_vide
     d.feed(MonitorEnded(d.now, 1))
     assert len(d.logs("reflector_unreachable")) == 1
     out = d.until(d.now + 0.5)
-    assert of(StartMonitor, out) == [StartMonitor(2, d.settings)]
+    assert of(StartMonitor, out) == [StartMonitor(2, d.settings, SERVER)]
     d.feed(MonitorConnected(d.now, 2))
     assert d.logs("reflector_recovered") and d.policy.backoff_s == 0.5
     out = d.echoes(3)  # the windows say video: only a light check may confirm it
-    assert StartCheck("confirm", light=True) in out
+    assert StartCheck("confirm", light=True, servers=(SERVER,)) in out
     assert d.logs("check_started")[-1].fields == {"kind": "session"}
     assert d.status()["recommendation"] == "unknown"
     assert d.until(d.now + 5) == []  # windows pause during the check

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from netprobe import __version__, exitcodes
 from netprobe.agent.control import CheckAlreadyRunning
 from netprobe.agent.passive import PassiveSampler, PassiveState
-from netprobe.agent.worker import IsolatedMonitorLink, run_check_isolated
-from netprobe.config import Settings, load_settings
+from netprobe.agent.worker import IsolatedMonitorLink, run_check_attempts_isolated
+from netprobe.config import Settings, load_settings, server_url_problem
 from netprobe.core import policy_events as ev
 from netprobe.core.policy import SILENCE_S, AgentPolicy, light_check_settings
 from netprobe.core.result import CheckResult
@@ -91,7 +91,7 @@ class AgentRuntime:
         self._sampler: Sampler = sampler or PassiveSampler()
         self._monitor_link = monitor_link
         self.policy = AgentPolicy(self._apply_overrides(settings), self._sampler.state,
-                                  jitter=lambda: random.uniform(-1.0, 1.0))
+                                  jitter=lambda: random.uniform(-1.0, 1.0), rng=random.random)
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -135,10 +135,11 @@ class AgentRuntime:
     def _apply_overrides(self, settings: Settings) -> Settings:
         agent = replace(settings.agent, **{k: v for k, v in self.overrides.items()
                                            if v is not None})
-        if not agent.server:
+        if not agent.servers:
             raise ConfigError("no reflector URL: give --server URL or [agent] server = ...")
-        if not agent.server.startswith(("http://", "https://")):
-            raise ConfigError(f"--server: {agent.server!r} must be an http:// or https:// URL")
+        for url in agent.servers:  # each as [agent] server is checked (a flag overrides it)
+            if (problem := server_url_problem(url)) is not None:
+                raise ConfigError(f"--server: {problem}")
         token_path = agent.token_file or agent.reflector_token_file
         token = read_token_file(token_path) if token_path \
             else settings.access_token  # re-read on SIGHUP: a renewed token is picked up
@@ -211,12 +212,12 @@ class AgentRuntime:
                            extra={} if event is None else {"event": event, **fields})
             case ev.Publish(kind, fields):
                 self._publish({"type": kind, **fields, **self.status()})
-            case ev.StartCheck(purpose, light):
+            case ev.StartCheck(purpose, light, servers):
                 self._check = asyncio.get_running_loop().create_task(
-                    self._run_check(purpose, light), name=f"check ({purpose})")
-            case ev.StartMonitor(link, settings):
+                    self._run_check(purpose, light, servers), name=f"check ({purpose})")
+            case ev.StartMonitor(link, settings, server):
                 self._monitor = (link, asyncio.get_running_loop().create_task(
-                    self._run_monitor(link, settings), name=f"probe stream {link}"))
+                    self._run_monitor(link, settings, server), name=f"probe stream {link}"))
             case ev.StopMonitor(link):
                 if self._monitor is not None and self._monitor[0] == link:
                     task = self._monitor[1]
@@ -235,7 +236,9 @@ class AgentRuntime:
         if self._closing:  # (wait, not gather: a cancelled caller must not cancel them again)
             await asyncio.wait(set(self._closing))
 
-    async def _run_check(self, purpose: ev.Purpose, light: bool) -> None:
+    async def _run_check(self, purpose: ev.Purpose, light: bool,
+                         servers: tuple[str, ...]) -> None:
+        """One check, trying `servers` in that order (the policy's)."""
         settings = self.settings
         if light:
             settings = light_check_settings(settings)
@@ -243,7 +246,8 @@ class AgentRuntime:
         if purpose == "manual":
             waiter, self._manual = self._manual, None
         try:
-            result = await run_check_isolated(settings.agent.server, settings)
+            result, attempts = await run_check_attempts_isolated(
+                servers or settings.agent.servers, settings)
         except Exception as exc:
             if not isinstance(exc, NetprobeError):
                 logger.error("a check crashed", exc_info=True, extra={
@@ -257,15 +261,16 @@ class AgentRuntime:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(NetprobeError("the agent is stopping"))
             raise
-        self._feed(ev.CheckFinished(self.clock(), purpose, result))
+        self._feed(ev.CheckFinished(self.clock(), purpose, result, attempts))
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
 
-    async def _run_monitor(self, link_id: int, settings: Settings) -> None:
-        """One probe stream, until it ends by itself (fed back) or is cancelled (StopMonitor)."""
+    async def _run_monitor(self, link_id: int, settings: Settings, server: str) -> None:
+        """One probe stream to `server`, until it ends by itself (fed back) or is cancelled
+        (StopMonitor)."""
         a = settings.agent
         link = self._monitor_link(
-            a.server, settings, a.monitor_probe_interval_ms / 1000,
+            server or a.servers[0], settings, a.monitor_probe_interval_ms / 1000,
             lambda echo, now: self._feed(ev.EchoReceived(now, link_id, echo)))
         ended = True
         try:
@@ -273,7 +278,8 @@ class AgentRuntime:
                 await link.connect(min(MONITOR_CONNECT_CAP_S, settings.probe.connect_timeout_s))
             except (NetprobeError, TimeoutError) as exc:
                 ended = False
-                self._feed(ev.MonitorConnectFailed(self.clock(), link_id, type(exc).__name__))
+                self._feed(ev.MonitorConnectFailed(self.clock(), link_id, type(exc).__name__,
+                                                   getattr(exc, "retry_after_s", None)))
                 return
             self._feed(ev.MonitorConnected(self.clock(), link_id))
             await link.failed.wait()

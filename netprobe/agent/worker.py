@@ -10,11 +10,13 @@ The child speaks over its stdin and stdout in frames: a 4-byte big-endian length
 pickle. Both ends are the same installed package and the agent starts the child itself, so
 nothing untrusted is ever unpickled.
 
-- agent to child: one request, `("check", url, settings)` or
+- agent to child: one request, `("check", urls, settings)` (a URL or a tuple of them, tried
+  in that order) or
   `("monitor", url, settings, interval_s, connect_timeout_s)`; closing stdin asks the child
   to stop (so does the agent dying).
-- child to agent: `("result", CheckResult)`, `("connected",)`, `("echo", Echo, now)` (`now`
-  is `time.monotonic()`, one clock for every process on the machine) or `("error", exc)`.
+- child to agent: `("result", CheckResult, attempts)` (`core.failover.Attempt`s),
+  `("connected",)`, `("echo", Echo, now)` (`now` is `time.monotonic()`, one clock for every
+  process on the machine) or `("error", exc)`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from netprobe.config import Settings
+from netprobe.core.failover import Attempt, server_list
 from netprobe.core.result import CheckResult
 from netprobe.errors import ConnectFailed, NetprobeError
 
@@ -152,9 +155,17 @@ class _Child:
                              + (f": {detail}" if detail else ""))
 
 
-async def run_check_isolated(server_url: str, settings: Settings) -> CheckResult:
-    """`probe.run_check` in a child process. Raises NetprobeError if the child fails."""
-    child = await _Child.start(("check", server_url, settings))
+async def run_check_isolated(server_url: str | tuple[str, ...], settings: Settings
+                             ) -> CheckResult:
+    """`client.run_check` in a child process. Raises NetprobeError if the child fails."""
+    return (await run_check_attempts_isolated(server_url, settings))[0]
+
+
+async def run_check_attempts_isolated(servers: str | tuple[str, ...], settings: Settings
+                                      ) -> tuple[CheckResult, tuple[Attempt, ...]]:
+    """`client.run_check_attempts` in a child process: the result, and what became of each
+    URL tried (in the order given). Raises NetprobeError if the child fails."""
+    child = await _Child.start(("check", servers, settings))
     try:
         try:
             async with asyncio.timeout(settings.probe.max_duration_s + SPAWN_ALLOWANCE_S):
@@ -169,7 +180,8 @@ async def run_check_isolated(server_url: str, settings: Settings) -> CheckResult
         raise frame[1]
     if frame[0] != "result" or not isinstance(frame[1], CheckResult):
         raise NetprobeError(f"the measuring process answered {frame[0]!r}, not a result")
-    return frame[1]
+    attempts = frame[2] if len(frame) > 2 and isinstance(frame[2], tuple) else ()
+    return frame[1], tuple(a for a in attempts if isinstance(a, Attempt))
 
 
 class IsolatedMonitorLink:
@@ -276,24 +288,25 @@ def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop,
 
 
 async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> None:
-    from netprobe.webrtc.client import MonitorLink, run_check
+    from netprobe.webrtc.client import MonitorLink, run_check_attempts
     from netprobe.webrtc.engine import restrict_to_loopback_if_local
 
     kind, url, settings = request[0], request[1], request[2]
-    restrict_to_loopback_if_local(url)
+    for one in server_list(url):
+        restrict_to_loopback_if_local(one)
     stop = asyncio.Event()
     _watch_stdin(stdin, asyncio.get_running_loop(), stop)
     stopping = asyncio.get_running_loop().create_task(stop.wait())
     try:
         if kind == "check":
-            check = asyncio.get_running_loop().create_task(run_check(url, settings))
+            check = asyncio.get_running_loop().create_task(run_check_attempts(url, settings))
             await asyncio.wait({check, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not check.done():
                 check.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await check
                 return
-            out.send(("result", check.result()))
+            out.send(("result", *check.result()))
         elif kind == "monitor":
             interval, timeout = request[3], request[4]
             link = MonitorLink(url, settings, interval,

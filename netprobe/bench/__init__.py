@@ -1,3 +1,4 @@
 """Benchmarks: the plumbing the scripts under scripts/ share (kit), what each measures
-(check, emulator, agent) and process accounting (procstats). They print figures; tests do not
-time anything."""
+(check, emulator, agent), process accounting (procstats), and for the fuzz script the hostile
+client (hostile) and a heap inspector run inside the reflector (heapwatch). They print figures;
+tests do not time anything."""

@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                            description="Measure the connection to a reflector and recommend "
                                        "video, audio only or the phone.")
     target = check.add_mutually_exclusive_group(required=True)
-    target.add_argument("--server", metavar="URL", help="reflector URL, e.g. http://host:8765")
+    target.add_argument("--server", metavar="URL", action="append",
+                        help="reflector URL, e.g. http://host:8765; several: repeat the flag "
+                             "or separate them with commas (tried in a shuffled order, the "
+                             "next one if one is down or busy)")
     target.add_argument("--local", action="store_true",
                         help="self-test against a reflector started on this machine "
                              "(does not test the internet link)")
@@ -62,41 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--no-progress", action="store_true", help="no live progress line")
     check.set_defaults(func=_cmd_check)
 
-    serve = sub.add_parser("serve", help="run a reflector (the clinic's test server)")
-    _late_config(serve)
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8765)")
-    serve.add_argument("--max-checks", type=int, metavar="N",
-                       help="concurrent pre-session checks (default 8)")
-    serve.add_argument("--max-monitors", type=int, metavar="N",
-                       help="concurrent monitoring streams, counted apart (default 200)")
-    serve.add_argument("--max-sessions", type=int, metavar="N",
-                       help="deprecated: also cap checks and monitoring streams together")
-    serve.add_argument("--log-file", metavar="PATH",
-                       help="JSON-lines log file (default: JSON lines on standard error)")
-    serve.add_argument("--session-timeout", type=float, metavar="S",
-                       help="hard time limit of a probe session (default 30)")
-    serve.add_argument("--token-secret-file", metavar="PATH",
-                       help="require access tokens signed with the keys in PATH (`kid = secret` "
-                            "lines, mode 0600; see `netprobe token issue`, docs/reflector.md)")
-    serve.add_argument("--open", action="store_true", default=None,
-                       help="let anyone run checks without a token (monitoring still needs "
-                            "one); needed to listen beyond loopback without a token secret")
-    serve.set_defaults(func=_cmd_serve)
-
     agent = sub.add_parser("agent", help="run the background agent (clinics)",
                            description="Watch the connection in the background: light checks "
                                        "while idle, continuous monitoring during a session, a "
                                        "local API and JSON logs.")
     _late_config(agent)
-    agent.add_argument("--server", metavar="URL", help="reflector URL (overrides [agent])")
+    agent.add_argument("--server", metavar="URL", action="append",
+                       help="reflector URL (overrides [agent]); several: repeat the flag or "
+                            "separate them with commas")
     agent.add_argument("--api-port", type=int, metavar="N", help="local API port (default 8766)")
     agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
     agent.set_defaults(func=_cmd_agent)
 
-    from netprobe.cli import token
+    from netprobe.cli import serve, token
     from netprobe.service import cli as service
 
+    serve.add_parser(sub)
     token.add_parser(sub)
     service.add_parser(sub)
     try:
@@ -181,10 +165,20 @@ def _run_until_stopped(body: Callable[[], Awaitable[T]]) -> T:
         raise _Stopped from None
 
 
-def _check_server_url(url: str) -> None:
-    problem = server_url_problem(url)
-    if problem is not None:
-        raise ConfigError(f"--server: {problem}")
+def _server_urls(values: list[str]) -> tuple[str, ...]:
+    """The URLs of repeated and/or comma-separated `--server` flags, each checked."""
+    from netprobe.core.failover import MAX_SERVERS, server_list
+
+    urls = server_list(values)
+    if not urls:
+        raise ConfigError("--server: give a reflector URL, e.g. http://reflector.example:8765")
+    if len(urls) > MAX_SERVERS:
+        raise ConfigError(f"--server: give at most {MAX_SERVERS} reflector URLs")
+    for url in urls:
+        problem = server_url_problem(url)
+        if problem is not None:
+            raise ConfigError(f"--server: {problem}")
+    return urls
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -195,14 +189,19 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if args.max_duration is not None:
         settings = replace(settings, probe=override(settings.probe, "--max-duration",
                                                     max_duration_s=args.max_duration))
-    server = args.server
+    servers: tuple[str, ...] = ()
     token = args.token or os.environ.get("NETPROBE_TOKEN", "")
     if args.link is not None:
         from netprobe.tokens import parse_check_link
 
         server, token = parse_check_link(args.link)
-    if server is not None:
-        _check_server_url(server)
+        servers = _server_urls([server])
+    elif args.server is not None:
+        import random
+
+        from netprobe.core.failover import shuffled
+
+        servers = shuffled(_server_urls(args.server), random.random)  # load spread
     settings = replace(settings, access_token=token.strip())
     show = _ProgressLine(sys.stderr.isatty() and not args.no_progress)
 
@@ -218,8 +217,9 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
                 return await run_check(reflector.url, settings, local=True, on_progress=show)
             finally:
                 await reflector.stop()
-        restrict_to_loopback_if_local(server)
-        return await run_check(server, settings, on_progress=show)
+        for url in servers:
+            restrict_to_loopback_if_local(url)
+        return await run_check(servers, settings, on_progress=show)
 
     try:
         result = _run_until_stopped(check)
@@ -235,70 +235,13 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_CODES[result.verdict.verdict]  # type: ignore[attr-defined]
 
 
-def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from netprobe.logs import jsonlog
-    from netprobe.webrtc.engine import restrict_to_loopback_if_local
-    from netprobe.webrtc.reflector import Reflector
-
-    r = settings.reflector
-    for flag, key, value in (("--host", "host", args.host), ("--port", "port", args.port),
-                             ("--max-sessions", "max_sessions", args.max_sessions),
-                             ("--max-checks", "max_checks", args.max_checks),
-                             ("--max-monitors", "max_monitors", args.max_monitors),
-                             ("--log-file", "log_file", args.log_file),
-                             ("--session-timeout", "session_timeout_s", args.session_timeout),
-                             ("--token-secret-file", "token_secret_file",
-                              args.token_secret_file), ("--open", "open", args.open)):
-        if value is not None:
-            r = override(r, flag, **{key: value})
-
-    log = logging.getLogger("netprobe.reflector")
-    if not r.log_file:  # JSON lines on stderr take the plain handler's place
-        logging.getLogger().handlers[:] = []
-    for handler in logging.getLogger().handlers:  # stderr: warnings only, the file has all
-        handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    jsonlog.setup_json_logging(r.log_file or None, max_bytes=settings.agent.log_max_bytes,
-                               backup_count=settings.agent.log_backups,
-                               log_addresses=settings.privacy.log_addresses)
-
-    async def serve() -> None:
-        restrict_to_loopback_if_local(r.host)
-        reflector = Reflector(r, log_addresses=settings.privacy.log_addresses)
-        await reflector.start()  # CannotListen: port in use, not our address, unknown name
-        try:
-            access = ("checks open to anyone, monitoring with tokens" if r.open
-                      else "access tokens required" if r.token_secret_file
-                      else "no tokens: this machine only")
-            print(f"netprobe reflector listening on {reflector.url} "
-                  f"(up to {r.max_checks} checks and {r.max_monitors} monitoring streams; "
-                  f"{access}); Ctrl-C to stop", file=sys.stderr, flush=True)
-            log.info("reflector started", extra={
-                "event": "reflector_started", "port": reflector.port, "access": access,
-                "max_checks": r.max_checks, "max_monitors": r.max_monitors})
-            await asyncio.Event().wait()  # until SIGINT or SIGTERM cancels it
-        finally:
-            print("netprobe reflector stopping…", file=sys.stderr, flush=True)
-            log.info("reflector stopping", extra={"event": "reflector_stopping",
-                                                  "sessions": len(reflector.sessions)})
-            await reflector.stop()
-
-    try:
-        _run_until_stopped(serve)
-    except _Stopped:
-        pass  # the way a reflector is meant to stop
-    finally:
-        jsonlog.flush_and_close()
-    return exitcodes.OK
-
-
 def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     from netprobe.agent.app import Agent
     from netprobe.logs import jsonlog
 
     if args.api_port is not None and not 0 < args.api_port < 65536:
         raise ConfigError("--api-port must be 1-65535")
-    if args.server is not None:
-        _check_server_url(args.server)
+    servers = None if args.server is None else _server_urls(args.server)
     log_file = args.log_file or settings.agent.log_file or None
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     path = Path(log_file) if log_file else jsonlog.default_log_path(
@@ -310,7 +253,7 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     jsonlog.setup_json_logging(path, max_bytes=settings.agent.log_max_bytes,
                                backup_count=settings.agent.log_backups,
                                log_addresses=settings.privacy.log_addresses)
-    agent = Agent(settings, args.config, {"server": args.server, "api_port": args.api_port},
+    agent = Agent(settings, args.config, {"server": servers, "api_port": args.api_port},
                   thresholds_path=args.thresholds)
     try:
         return asyncio.run(agent.run())

@@ -12,7 +12,8 @@ A session goes through phases: `checking` (a full check first, when the last res
 fresh), `connecting`, `streaming` (a window verdict once a second), `confirming` (a light check
 before a step up) and `waiting` (the reflector was lost: reconnect after the backoff). There is
 always either a deadline or an outstanding check/connection, so a session is never "monitoring"
-with nothing going on.
+with nothing going on. A stream whose reflector drains or dies moves at once to another
+(`core.failover.StreamRoute`); only when every one has failed does it wait for the backoff.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any, Literal
 from netprobe.config import Settings
 from netprobe.core import policy_events as ev
 from netprobe.core.classify import UNKNOWN, Reason, Verdict
-from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.failover import ReflectorPool, StreamRoute, unreachable_verdict
+from netprobe.core.metrics import LinkMetrics
 from netprobe.core.monitor import (
     Hysteresis,
     HysteresisSettings,
@@ -63,13 +65,6 @@ def light_check_settings(settings: Settings) -> Settings:
     return replace(settings, probe=probe)
 
 
-def unreachable_verdict() -> Verdict:
-    return Verdict(UNKNOWN, 0.0, (Reason(
-        "reflector_unreachable",
-        "The test server cannot be reached right now, so the connection cannot be watched. "
-        "If the call also struggles, switch to audio or call by phone."),))
-
-
 def stale_verdict() -> Verdict:
     return Verdict(UNKNOWN, 0.0, (Reason(
         "status_stale", "The last measurement is too old to rely on; a new check is "
@@ -87,10 +82,11 @@ def changed_keys(old: Settings, new: Settings) -> list[str]:
     return changed
 
 
-def _iso(ts: float | None) -> str | None:
+def _iso(ts: float | None, offset: float) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    at = datetime.fromtimestamp(ts + offset, UTC)
+    return at.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class AgentPolicy:
@@ -98,11 +94,14 @@ class AgentPolicy:
     `handle`."""
 
     def __init__(self, settings: Settings, passive: PassiveReadings,
-                 jitter: Callable[[], float]) -> None:
-        """`passive`: the readings until the first sample; `jitter()`: a number drawn
-        uniformly from [-1, 1] each time an idle interval is chosen."""
+                 jitter: Callable[[], float], rng: Callable[[], float] | None = None) -> None:
+        """`passive`: the readings until the first sample; `jitter()`: uniform in [-1, 1],
+        drawn for each idle interval; `rng()`: uniform in [0, 1), shuffles reflectors."""
         self.settings = settings
         self._jitter = jitter
+        self._rng = rng or (lambda: min(0.999999, (max(-1.0, min(1.0, jitter())) + 1) / 2))
+        self.route = StreamRoute(ReflectorPool(settings.agent.servers))
+        self.pool = self.route.pool
         self.state: Literal["idle", "monitoring"] = "idle"
         self.recommendation = Verdict(UNKNOWN, 0.0, (Reason(
             "no_check_yet", "No check has run yet; the first one starts in a moment."),))
@@ -166,19 +165,23 @@ class AgentPolicy:
                 self._stop_session(now, reason)
             case ev.CheckRequested(now):
                 if self.check_running is None:
-                    self._start_check("manual", light=False)
-            case ev.CheckFinished(now, purpose, result) if purpose == self.check_running:
+                    self._start_check(now, "manual", light=False)
+            case ev.CheckFinished(now, purpose, result, attempts) if purpose == self.check_running:
+                self.pool.learn(attempts, now)
                 self._check_finished(now, purpose, result)
             case ev.CheckFailed(now, purpose, error) if purpose == self.check_running:
                 self._check_failed(now, purpose, error)
             case ev.MonitorConnected(now, link) if self._current(link, "connecting"):
                 self._reflector_state(True, None)
+                self.route.connected()
                 self.phase = "streaming"
                 self._stream_started_at = now
                 self._next_window_at = now + TICK_S
-            case ev.MonitorConnectFailed(now, link, code) if self._current(link, "connecting"):
+            case ev.MonitorConnectFailed(now, link, code, retry_after) if self._current(
+                    link, "connecting"):
                 self.link_open = False
-                self._lost(now, code)
+                self._lost(now, code, None if code != "RateLimited" else  # up: wants a pause
+                           retry_after or self.settings.agent.backoff_min_s)
             case ev.MonitorEnded(now, link) if self._current(link, "connecting", "streaming",
                                                           "confirming"):
                 self.link_open = False
@@ -187,6 +190,8 @@ class AgentPolicy:
                                                                "confirming"):
                 assert self._window is not None
                 self._window.on_echo(echo, now)
+                if echo.draining:  # the reflector is shutting down: go elsewhere now
+                    self._lost(now, "draining")
         return self._out
 
     def status_document(self, now: float, wall_offset: float, version: str) -> dict[str, Any]:
@@ -196,7 +201,6 @@ class AgentPolicy:
         verdict = self.recommendation
         if age is not None and age > self.settings.agent.stale_after_s:
             verdict = stale_verdict()
-        started = self.session_started_at
         return {
             "schema": "netprobe.status/1",
             "state": self.state,
@@ -204,11 +208,10 @@ class AgentPolicy:
             "confidence": verdict.confidence,
             "reasons": [r.to_json() for r in verdict.reasons],
             "metrics": self.metrics.to_json(),
-            "updated_at": _iso(None if self.updated_at is None
-                               else self.updated_at + wall_offset),
+            "updated_at": _iso(self.updated_at, wall_offset),
             "age_s": None if age is None else round(age, 1),
             "reflector": self.reflector,
-            "session_started_at": _iso(None if started is None else started + wall_offset),
+            "session_started_at": _iso(self.session_started_at, wall_offset),
             "check_running": self.check_running is not None,
             "passive": self.passive.to_json(),
             "version": version,
@@ -251,27 +254,26 @@ class AgentPolicy:
                                cpu_limit=self.settings.agent.cpu_limit_pct)
 
     def _reflector_state(self, reachable: bool, error_code: str | None) -> None:
-        a = self.settings.agent
         if reachable:
             if self.reflector == "unreachable":
                 self._log("info", "reflector_recovered", "reflector reachable again")
             self.reflector = "ok"
-            self.backoff_s = a.backoff_min_s
+            self.backoff_s = self.settings.agent.backoff_min_s
             return
         self.retry_in_s = self.backoff_s
         self._log("warning", "reflector_unreachable",
                   f"reflector unreachable; retrying in {self.retry_in_s:.0f} s",
                   retry_in_s=self.retry_in_s, error_code=error_code)
         self.reflector = "unreachable"
-        self.backoff_s = min(self.backoff_s * 2, a.backoff_max_s)
+        self.backoff_s = min(self.backoff_s * 2, self.settings.agent.backoff_max_s)
 
     # -- checks -----------------------------------------------------------------------------
 
-    def _start_check(self, purpose: Purpose, *, light: bool) -> None:
+    def _start_check(self, now: float, purpose: Purpose, *, light: bool) -> None:
         self.check_running = purpose
         kind = "session" if purpose == "confirm" else purpose
         self._log("info", "check_started", "check started", kind=kind)
-        self._out.append(ev.StartCheck(purpose, light))
+        self._out.append(ev.StartCheck(purpose, light, self.pool.order(now, self._rng)))
 
     def _check_finished(self, now: float, purpose: Purpose, result: CheckResult) -> None:
         self.check_running = None
@@ -285,8 +287,9 @@ class AgentPolicy:
                   confidence=v.confidence, reasons=[r.code for r in v.reasons],
                   metrics=doc["metrics"], duration_s=doc["duration_s"])
         reachable = m.connected
-        busy = not reachable and bool(v.reasons) and v.reasons[0].code == "server_busy"
-        if not busy:  # a busy reflector answered: it is not "unreachable"
+        busy = not reachable and bool(v.reasons) and v.reasons[0].code in (
+            "server_busy", "rate_limited")
+        if not busy:  # a busy or rate-limiting reflector answered: it is not "unreachable"
             self._reflector_state(reachable, None if reachable or not v.reasons
                                   else v.reasons[0].code)
         if purpose == "confirm":
@@ -329,9 +332,11 @@ class AgentPolicy:
         """Whatever waited for the check that just ended."""
         if self.state == "idle":
             self.idle_check_at = now if self._recheck else now + self._idle_interval()
+            # every reflector asked for a pause (Retry-After): not before the first is over
+            self.idle_check_at = max(self.idle_check_at, self.pool.all_held_until(now) or now)
             self._recheck = False
         elif self.phase == "checking":
-            self._begin_stream()
+            self._begin_stream(now)
 
     # -- the clock ------------------------------------------------------------------------------
 
@@ -343,10 +348,10 @@ class AgentPolicy:
                 self.idle_check_at = now + self._idle_interval()
             elif self.check_running is None:
                 self.idle_check_at = None
-                self._start_check("idle", light=True)
+                self._start_check(now, "idle", light=True)
         if self.phase == "waiting" and self._reconnect_at is not None and \
                 now >= self._reconnect_at:
-            self._begin_stream()
+            self._begin_stream(now)
         if self.phase == "streaming" and self._next_window_at is not None and \
                 now >= self._next_window_at:
             self._next_window_at = now + TICK_S
@@ -365,6 +370,7 @@ class AgentPolicy:
         if settings.agent.api_port != self.settings.agent.api_port:
             self._log("warning", None, "api_port changes take effect after a restart")
         self.settings = settings
+        self.pool.update(settings.agent.servers)
         self._log("info", "config_reloaded", "config reloaded", changed=changed)
         self._wake_idle_check(now)
 
@@ -392,29 +398,41 @@ class AgentPolicy:
         self._recheck = False
         fresh = self.last_check is not None and self.updated_at is not None and \
             now - self.updated_at <= FRESH_FOR_SESSION_S and self.reflector == "ok"
+        self.route.reset()
         if fresh:
-            self._begin_stream()
+            self._begin_stream(now)
         else:
             self.phase = "checking"
             if self.check_running is None:
-                self._start_check("session", light=False)
+                self._start_check(now, "session", light=False)
             # else: the running check's end starts the stream (`_after_check`)
 
-    def _begin_stream(self) -> None:
+    def _begin_stream(self, now: float, server: str | None = None) -> None:
         assert self._hysteresis is not None
         self._hysteresis.reset(self.recommendation)
+        url = self.route.start(now, self._rng, server)
         self.link += 1
         self.link_open = True
         self.phase = "connecting"
         self._window = ProbeWindow(self._session.agent.window_s * LONG_WINDOW_FACTOR)
         self._reconnect_at = self._next_window_at = None
-        self._out.append(ev.StartMonitor(self.link, self._session))
+        self._out.append(ev.StartMonitor(self.link, self._session, url))
 
-    def _lost(self, now: float, why: str) -> None:
-        """The probe stream is gone (`why`): unknown, and reconnect after the backoff."""
+    def _lost(self, now: float, why: str, hold_s: float | None = None) -> None:
+        """The probe stream is gone (`why`): move to a reflector not yet tried since the last
+        stream that connected, keeping the recommendation; if none is left, unknown, and
+        reconnect after the backoff (or a Retry-After)."""
         if self.link_open:
             self._out.append(ev.StopMonitor(self.link))
             self.link_open = False
+        old = self.route.server
+        target = self.route.lost(now, self._rng, why, hold_s)
+        if target is not None:
+            self._log("info", "monitor_moved", f"monitoring moved to another reflector ({why})",
+                      reason=why, from_reflector=self.pool.position(old) if old else None,
+                      to_reflector=self.pool.position(target))
+            self._begin_stream(now, target)
+            return
         self._reflector_state(False, why)
         self._set(passive_verdict(unreachable_verdict(), interface_up=self.passive.interface_up,
                                   cpu_percent=None), LinkMetrics(), "monitor", now)
@@ -422,7 +440,7 @@ class AgentPolicy:
         self._hysteresis.reset(self.recommendation)
         self.phase = "waiting"
         self._next_window_at = None
-        self._reconnect_at = now + self.retry_in_s
+        self._reconnect_at = max(now + self.retry_in_s, self.pool.all_held_until(now) or now)
 
     def _stop_session(self, now: float, reason: str) -> None:
         if self.state != "monitoring":
@@ -449,11 +467,6 @@ class AgentPolicy:
         rx = [r for _, r in recent if r is not None]
         return (sum(tx) / len(tx) if tx else None, sum(rx) / len(rx) if rx else None)
 
-    def _capacity(self) -> tuple[DirectionMetrics, DirectionMetrics] | None:
-        if self.last_check is None:
-            return None
-        return self.last_check.metrics.up, self.last_check.metrics.down
-
     def _judge_window(self, now: float) -> None:
         """Once a second during a session: the window's verdict through the hysteresis."""
         window, hysteresis = self._window, self._hysteresis
@@ -462,7 +475,8 @@ class AgentPolicy:
             self._lost(now, "monitor_silent")
             return
         span = self._session.agent.window_s
-        capacity = self._capacity()
+        last = self.last_check
+        capacity = None if last is None else (last.metrics.up, last.metrics.down)
         metrics = window.metrics(now, capacity, span)
         longer = window.metrics(now, capacity, sure=True)
         verdict = self._with_passive(window_verdict(metrics, self.settings.thresholds, longer))
@@ -483,4 +497,4 @@ class AgentPolicy:
             # (the gentle probe stream cannot). Windows pause until the check is done.
             self.phase = "confirming"
             self._next_window_at = None
-            self._start_check("confirm", light=True)
+            self._start_check(now, "confirm", light=True)

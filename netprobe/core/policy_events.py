@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from netprobe.config import Settings
+from netprobe.core.failover import Attempt
 from netprobe.core.result import CheckResult
 from netprobe.core.wire import Echo
 
@@ -91,6 +92,8 @@ class CheckFinished:
     now: float
     purpose: Purpose
     result: CheckResult
+    attempts: tuple[Attempt, ...] = ()
+    """What became of each reflector URL tried, in order (a Retry-After puts one on hold)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class MonitorConnectFailed:
     link: int
     error_code: str
     """The exception's name: `ServerUnreachable`, `ServerBusy`, `TimeoutError`, ..."""
+    retry_after_s: float | None = None
+    """`RateLimited`: the reflector's Retry-After (bounded by the policy), if it gave one."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,8 @@ class StartCheck:
     purpose: Purpose
     light: bool
     """The idle-sized check (`light_check_settings`), not the full ladder."""
+    servers: tuple[str, ...] = ()
+    """The reflector URLs to try, in this order (`core.failover`)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,8 @@ class StartMonitor:
     then every echo and, if it ends by itself, MonitorEnded. Events name the `link`."""
     link: int
     settings: Settings
+    server: str = ""
+    """The reflector URL to stream to."""
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,14 @@ from netprobe.service.plan import (
 
 Platform = Literal["linux", "darwin", "windows"]
 Scope = Literal["system", "user"]
+Role = Literal["agent", "reflector"]
 PLATFORMS: tuple[Platform, ...] = get_args(Platform)
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 DEFAULT_NAME = "netprobe-agent"
 DEFAULT_DESCRIPTION = "netprobe agent: checks that this connection can hold a video session"
+REFLECTOR_NAME = "netprobe-reflector"
+REFLECTOR_DESCRIPTION = "netprobe reflector: the server that clients check their connection with"
 AGENT_CONFIG_EXIT = exitcodes.USAGE
 """Exit status with which the agent reports a bad configuration: systemd does not restart it
 then (a restart cannot fix the file), it waits for ``systemctl restart`` after the fix."""
@@ -83,15 +86,29 @@ class ServiceSpec:
     """System scope: account the agent runs as. None: a throw-away unprivileged user made by
     systemd (``DynamicUser``), root on macOS, SYSTEM on Windows (also ``LocalService`` or
     ``NetworkService`` there). Windows user scope: the ``DOMAIN\\user`` whose logon starts it."""
+    role: Role = "agent"
+    """``agent``: the background agent (every platform); ``reflector``: the clinic's server,
+    ``netprobe serve`` (Linux with systemd, system scope only; see docs/reflector.md)."""
+    token_secret: PurePath | None = None
+    """Reflector: the token secret file. systemd hands the service a copy of it (a
+    credential readable by the service's user alone), so it stays root's mode-0600 file."""
+    bind_low_port: bool = False
+    """Reflector: let it listen on a port below 1024 (grants CAP_NET_BIND_SERVICE only)."""
+
+    @property
+    def what(self) -> str:
+        """What the service runs, for messages: ``agent`` or ``reflector``."""
+        return self.role
 
     @property
     def command(self) -> tuple[str, ...]:
-        """The agent's command line, executable first."""
+        """The service's command line, executable first."""
         if self.argv:
             return self.argv
         if self.config is None:
-            raise ConfigError("give the agent's config file (--config PATH)")
-        return (self.python, "-m", "netprobe", "agent", "--config", str(self.config))
+            raise ConfigError(f"give the {self.what}'s config file (--config PATH)")
+        sub = "serve" if self.role == "reflector" else "agent"
+        return (self.python, "-m", "netprobe", sub, "--config", str(self.config))
 
 
 @dataclass(frozen=True)
@@ -179,18 +196,37 @@ def check_posix_run_as(spec: ServiceSpec) -> None:
             raise ConfigError(f"user name {spec.user!r} is not a valid account name")
 
 
+def check_role(spec: ServiceSpec, host: Host) -> None:
+    """The reflector is a Linux (systemd) system service; its options are its own."""
+    if spec.role == "reflector":
+        if host.platform != "linux":
+            raise ConfigError(f"the reflector runs as a service on Linux with systemd only, not "
+                              f"on {host.os_name or host.platform} (run `netprobe serve` "
+                              f"under your own supervisor, or in the container: "
+                              f"docs/reflector.md)")
+        if spec.scope != "system":
+            raise ConfigError("the reflector is a system service: drop --user")
+    elif spec.token_secret is not None or spec.bind_low_port:
+        raise ConfigError("--token-secret-file and --bind-low-port are for --reflector")
+
+
 def check_common(spec: ServiceSpec, host: Host) -> None:
     """The checks of `Backend.check` that do not depend on the platform."""
     check_name(spec)
+    check_role(spec, host)
     if spec.config is None:
-        raise ConfigError("give the agent's config file (--config PATH)")
+        raise ConfigError(f"give the {spec.what}'s config file (--config PATH)")
     check_text(spec.description, "the description")
     if not spec.description.strip() or spec.description != spec.description.strip():
         raise ConfigError("the description must not be empty or start or end with a space")
     command = spec.command
     for word in command:
         check_text(word, "the command line")
-    for label, path in (("the executable", command[0]), ("the config path", str(spec.config))):
+    paths = [("the executable", command[0]), ("the config path", str(spec.config))]
+    if spec.token_secret is not None:
+        paths.append(("the token secret file", str(spec.token_secret)))
+    for label, path in paths:
+        check_text(path, label)
         if not _is_absolute(path, host):
             kind = "a Windows" if host.platform == "windows" else "an"
             raise ConfigError(f"{label} must be {kind} absolute path on the target machine: "

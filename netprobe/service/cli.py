@@ -1,4 +1,6 @@
-"""The ``netprobe service`` command: `add_parser` registers it, `run` carries it out.
+"""The ``netprobe service`` command: `add_parser` registers it, `run` carries it out. It
+installs the background agent, or with ``--reflector`` the reflector (`netprobe serve`, Linux
+with systemd only).
 
 Exit status: 0 done (``status``: running); 1 could not be done (not root, service manager
 missing or failing, already installed); 2 bad option or configuration; ``status`` only:
@@ -15,7 +17,17 @@ from typing import Any
 
 from netprobe import exitcodes
 from netprobe.errors import ConfigError, NetprobeError
-from netprobe.service.base import DEFAULT_NAME, PLATFORMS, Backend, Host, Scope, ServiceSpec
+from netprobe.service.base import (
+    DEFAULT_NAME,
+    PLATFORMS,
+    REFLECTOR_DESCRIPTION,
+    REFLECTOR_NAME,
+    Backend,
+    Host,
+    Scope,
+    ServiceSpec,
+    check_role,
+)
 from netprobe.service.manager import backend_for, target_host
 from netprobe.service.plan import Command
 
@@ -26,10 +38,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``service`` on the top-level CLI's subparsers; dispatch goes to `run`."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "service",
-        help="install the background agent as a service (systemd, launchd, Windows)",
+        help="install the background agent (or the reflector) as a service",
         description="Install, remove or inspect the netprobe agent as a background service: "
                     "a systemd unit on Linux, a launchd job on macOS, a scheduled task on "
-                    "Windows. See docs/service.md.",
+                    "Windows (docs/service.md); with --reflector, the reflector (netprobe "
+                    "serve) as a systemd system service (docs/reflector.md).",
     )
     common = argparse.ArgumentParser(add_help=False)
     scope = common.add_mutually_exclusive_group()
@@ -40,8 +53,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument("--platform", choices=PLATFORMS,
                         help="target OS (default: this one); another one only with "
                              "--dry-run, --print or --output")
-    common.add_argument("--name", default=DEFAULT_NAME,
-                        help=f"service name (default {DEFAULT_NAME})")
+    common.add_argument("--name", default=None,
+                        help=f"service name (default {DEFAULT_NAME}, with --reflector "
+                             f"{REFLECTOR_NAME})")
+    common.add_argument("--reflector", dest="role", action="store_const", const="reflector",
+                        default="agent",
+                        help="the reflector (netprobe serve) instead of the agent: Linux with "
+                             "systemd, system service only")
     common.set_defaults(scope="system")
     sub = parser.add_subparsers(dest="service_command", required=True, metavar="COMMAND")
 
@@ -49,7 +67,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                           description="Write the service file, enable the service and start "
                                       "it. Exit 0 done, 1 could not, 2 bad option.")
     inst.add_argument("--config", dest="agent_config", type=Path, metavar="PATH",
-                      help="the agent's config file (required; made absolute)")
+                      help="the agent's (or reflector's) config file (required; made "
+                           "absolute)")
+    inst.add_argument("--token-secret-file", type=Path, metavar="PATH",
+                      help="--reflector: the token secret file; systemd hands the service a "
+                           "copy only its user can read (the file stays root's, mode 0600)")
+    inst.add_argument("--bind-low-port", action="store_true",
+                      help="--reflector: allow a port below 1024 (CAP_NET_BIND_SERVICE)")
     inst.add_argument("--python", metavar="PATH",
                       help="interpreter on the target machine (default: this one)")
     inst.add_argument("--run-as", metavar="USER",
@@ -105,9 +129,17 @@ def spec_from_args(args: argparse.Namespace, host: Host) -> ServiceSpec:
         name, domain = host.environ.get("USERNAME"), host.environ.get("USERDOMAIN")
         user = f"{domain}\\{name}" if name and domain else name
     working_dir = getattr(args, "working_dir", None)
-    return ServiceSpec(config=config, scope=scope, name=args.name, python=python,
+    role = getattr(args, "role", "agent")
+    secret_arg = getattr(args, "token_secret_file", None)
+    secret: PurePath | None = None
+    if secret_arg is not None:
+        secret = Path(secret_arg).expanduser().absolute() if host.local else PurePath(secret_arg)
+    name = args.name or (REFLECTOR_NAME if role == "reflector" else DEFAULT_NAME)
+    extra: dict[str, Any] = {"description": REFLECTOR_DESCRIPTION} if role == "reflector" else {}
+    return ServiceSpec(config=config, scope=scope, name=name, python=python,
                        working_dir=PurePath(working_dir) if working_dir else None,
-                       environment=tuple(env), user=user)
+                       environment=tuple(env), user=user, role=role, token_secret=secret,
+                       bind_low_port=bool(getattr(args, "bind_low_port", False)), **extra)
 
 
 def _default_python(host: Host) -> str:
@@ -127,6 +159,8 @@ def run(args: argparse.Namespace, host: Host | None = None) -> int:
         target = target_host(args.platform, host)
         backend = backend_for(target.platform or "")
         spec = spec_from_args(args, target)
+        if spec.role == "reflector":
+            check_role(spec, target)
         if args.service_command == "install":
             return _cmd_install(args, spec, backend, target)
         if args.service_command == "uninstall":
@@ -170,9 +204,10 @@ def _cmd_install(args: argparse.Namespace, spec: ServiceSpec, backend: Backend,
     what = "already installed; enabled and started" if result.up_to_date else \
         "replaced and restarted" if result.replaced else "installed and started"
     when = "at every boot" if spec.scope == "system" else "when you log in"
-    print(f"The netprobe agent is {what} ({result.path}).\n"
+    print(f"The netprobe {spec.what} is {what} ({result.path}).\n"
           f"It starts {when}. Check it with: netprobe service status"
           + (" --user" if spec.scope == "user" else "")
+          + (" --reflector" if spec.role == "reflector" else "")
           + f"\nLogs: {backend.log_hint(spec, host)}")
     return exitcodes.OK
 
@@ -189,7 +224,8 @@ def _cmd_uninstall(args: argparse.Namespace, spec: ServiceSpec, backend: Backend
     if not result.steps:
         print(f"{spec.name} is not installed: nothing to do.")
     else:
-        print(f"The netprobe agent is stopped and removed ({result.path}). Its logs stay.")
+        print(f"The netprobe {spec.what} is stopped and removed ({result.path}). Its logs "
+              f"stay.")
     return exitcodes.OK
 
 
@@ -200,14 +236,15 @@ def _cmd_status(args: argparse.Namespace, spec: ServiceSpec, backend: Backend,
         sys.stdout.write(json.dumps(st.to_json()) + "\n")
         return st.exit_status
     if not st.installed:
-        print(f"The netprobe agent is not installed ({st.path} not found).")
+        print(f"The netprobe {spec.what} is not installed ({st.path} not found).")
     elif st.running:
         pid = f", process {st.pid}" if st.pid else ""
-        print(f"The netprobe agent is running ({st.state}{pid}).")
+        print(f"The netprobe {spec.what} is running ({st.state}{pid}).")
     elif st.running is None:
-        print(f"The netprobe agent is installed; whether it runs is unknown: {st.detail}")
+        print(f"The netprobe {spec.what} is installed; whether it runs is unknown: "
+              f"{st.detail}")
     else:
-        print(f"The netprobe agent is installed but NOT running ({st.state}).")
+        print(f"The netprobe {spec.what} is installed but NOT running ({st.state}).")
     if st.installed:
         if st.detail and st.running is not None:
             print(f"  {st.detail}")

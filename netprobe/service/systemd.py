@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path, PurePath, PurePosixPath
 
+from netprobe.config import load_settings
 from netprobe.errors import ConfigError, NetprobeError
 from netprobe.service.base import (
     AGENT_CONFIG_EXIT,
@@ -20,38 +20,17 @@ from netprobe.service.base import (
 )
 from netprobe.service.execute import output_of
 from netprobe.service.plan import Command, RemoveFile, ServiceStatus, Step, UninstallResult
+from netprobe.service.reflector_unit import render_reflector_unit
+from netprobe.service.systemd_syntax import systemd_exec_line
+from netprobe.service.systemd_syntax import systemd_word as _systemd_word
 
 __all__ = ["SystemdBackend", "render_systemd_unit", "systemd_exec_line"]
 
-_SYSTEMD_BARE_RE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
-"""Words that systemd reads back unchanged without quotes (no %, $, quotes, \\ or blanks)."""
 _VERSION_RE = re.compile(r"Version=v?(\d+)")
 
 
 # ---------------------------------------------------------------------------------------------
 # The unit file (pure)
-
-
-def _systemd_word(word: str, *, expand_env: bool = True) -> str:
-    """`word` as one systemd command-line word (systemd.syntax(7), systemd.service(5))."""
-    escaped = word.replace("%", "%%")
-    if expand_env:
-        escaped = escaped.replace("$", "$$")
-    if _SYSTEMD_BARE_RE.fullmatch(word) and word != ";":
-        return escaped
-    escaped = escaped.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def systemd_exec_line(argv: Sequence[str]) -> str:
-    """The value of ``ExecStart=`` that runs exactly `argv`."""
-    exe, *args = argv
-    # The path gets specifier expansion but no $VAR expansion; argv[0] gets both. If the path
-    # has a '$', give argv[0] separately ('@' prefix) so both come out right.
-    first = _systemd_word(exe, expand_env=False)
-    if "$" in exe:
-        first = f"@{first} {_systemd_word(exe)}"
-    return " ".join([first, *(_systemd_word(a) for a in args)])
 
 
 def _under_home(path: str) -> bool:
@@ -68,6 +47,8 @@ def render_systemd_unit(spec: ServiceSpec, *, systemd_version: int | None = None
     machine it is for (None: another Linux machine), which decides what an absolute path is.
     """
     BACKEND.check(spec, host or Host.elsewhere("linux"))
+    if spec.role == "reflector":
+        return render_reflector_unit(spec, systemd_version=systemd_version)
     system = spec.scope == "system"
     version = systemd_version or 0
     unit: list[tuple[str, str]] = [("Description", spec.description.replace("%", "%%"))]
@@ -198,6 +179,8 @@ class SystemdBackend(Backend):
     def log_hint(self, spec: ServiceSpec, host: Host) -> str:
         if spec.scope == "user":
             return f"journalctl --user -u {spec.name}"
+        if spec.role == "reflector":
+            return f"journalctl -u {spec.name} (JSON lines; docs/log-format.md)"
         return f"journalctl -u {spec.name} (the agent's own files: /var/log/{spec.name}/)"
 
     def install_commands(self, spec: ServiceSpec, host: Host, path: PurePath, *,
@@ -264,6 +247,8 @@ class SystemdBackend(Backend):
             if user and not (linger / user).exists():
                 out.append(f"a user service runs only while you are logged in; to start it "
                            f"at boot, run once: sudo loginctl enable-linger {user}")
+        if spec.role == "reflector":
+            out += _reflector_warnings(spec)
         return out
 
     def ask_manager(self, spec: ServiceSpec, host: Host, base: ServiceStatus) -> ServiceStatus:
@@ -283,6 +268,30 @@ class SystemdBackend(Backend):
         if active == "failed":
             detail += f"; last result: {props.get('Result', '?')}"
         return replace(base, running=running, state=active, pid=pid, detail=detail)
+
+
+def _reflector_warnings(spec: ServiceSpec) -> list[str]:
+    """What in the reflector's settings will stop the service (it reads them only at start)."""
+    out: list[str] = []
+    if spec.token_secret is not None and not Path(str(spec.token_secret)).is_file():
+        out.append(f"the token secret file {spec.token_secret} does not exist: the service "
+                   f"will not start without it")
+    try:
+        r = load_settings(Path(str(spec.config))).reflector
+    except (ConfigError, NetprobeError) as exc:
+        return [*out, f"the reflector will not start with this config file: {exc}"]
+    if r.port < 1024 and not spec.bind_low_port:
+        out.append(f"port {r.port} is below 1024: the service has no capability to listen "
+                   f"there; use a port from 1024 (8765) or add --bind-low-port")
+    if r.token_secret_file and spec.token_secret is None and spec.user is None:
+        out.append(f"the service's own user cannot read {r.token_secret_file} (a secret file "
+                   f"must be mode 0600): pass it as --token-secret-file {r.token_secret_file} "
+                   f"instead, systemd then hands the service a copy")
+    loopback = r.host in ("127.0.0.1", "::1", "localhost")
+    if not loopback and not r.open and not r.token_secret_file and spec.token_secret is None:
+        out.append(f"the reflector listens on {r.host} without a token secret and without "
+                   f"[reflector] open = true: it will refuse to start (docs/reflector.md)")
+    return out
 
 
 def _others_can_read(path: Path) -> bool:

@@ -4,23 +4,21 @@
 reports liveness and load. Every error is a JSON `{"error": {"code", "message"}}` with a 4xx
 or 503 status; no request can take the server down. Each session has a hard time limit and
 the number of concurrent sessions is capped; peer connections are closed on failure, on
-timeout and on shutdown.
+timeout and on shutdown. `drain()` stops it gracefully (docs/reflector.md, "Drain"); with a
+TLS pair it serves https and `reload()` loads the pair (and the token secret) again. As one of
+several worker processes (netprobe.webrtc.workers) it reports the figures of them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
+import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.sdp import SessionDescription
 
 from netprobe.config import ReflectorSettings
 from netprobe.core.admission import (
@@ -31,178 +29,49 @@ from netprobe.core.admission import (
     parse_networks,
     source_key,
 )
-from netprobe.core.responder import Responder, ResponderLimits
-from netprobe.core.wire import (
-    TYPE_LOAD,
-    TYPE_PROBE,
-    decode_load,
-    decode_probe,
-    encode_echo,
-    packet_type,
-)
+from netprobe.core.responder import ResponderLimits
 from netprobe.errors import CannotListen, ConfigError, ProtocolError
 from netprobe.httpjson import json_error, strict_loads
 from netprobe.promtext import response as metrics_response
-from netprobe.tokens import AccessRefused, gate_for
-from netprobe.webrtc.engine import Pacer, PacketTrack, create_peer_connection, install_tap
+from netprobe.tokens import AccessRefused, Gate, load_keys
+from netprobe.webrtc.candidates import rewrite_host_candidates
+from netprobe.webrtc.engine import create_peer_connection
+from netprobe.webrtc.reflector_http import (
+    json_errors,
+    listen_failure,
+    parse_offer,
+    refused,
+    reload_files,
+    sdp_problem,
+    tls_context,
+)
 from netprobe.webrtc.reflector_ops import (
     CLIENT,
     SOURCE,
     AddressHasher,
     ReflectorCounters,
+    Snapshot,
     either_set,
     error_code,
     limits_from,
+    release_free_memory,
     render_metrics,
     transport_bytes,
 )
+from netprobe.webrtc.reflector_session import ReflectorSession
+from netprobe.webrtc.worker_share import PUBLISH_EVERY_S, WorkerShare
 
 logger = logging.getLogger(__name__)
 
-MAX_SDP_CHARS = 32768
-#: Echoes queued for sending beyond which a probe is not answered (counted `echo_backlog`): the
-#: sender drains the queue continuously, so a backlog means the event loop is starved.
-MAX_ECHO_BACKLOG = 64
-
-SessionEnd = Callable[["ReflectorSession", str], Awaitable[None]]
-
-
-class ReflectorSession:
-    """One client's probe session: a peer connection, its test streams and its state."""
-
-    def __init__(self, pc: RTCPeerConnection, session_id: str, time_limit: float = 30.0, *,
-                 kind: str = "check", source: str = "", limits: ResponderLimits | None = None,
-                 end: SessionEnd | None = None) -> None:
-        """`limits`: what the client may ask (`core.responder`); `end(session, reason)`: how
-        the session is ended when it breaks them or goes silent (default: it closes itself)."""
-        self.id = session_id
-        self.kind = kind
-        """"check" or "monitor": the admission slot it holds."""
-        self.source = source
-        """The source key it is counted under (`core.admission.source_key`); never logged."""
-        self.connected = asyncio.Event()
-        """Set once the peer connection first reached "connected"."""
-        self.time_limit = time_limit
-        self.pc = pc
-        self.started_at = time.monotonic()
-        self.responder = Responder(limits, started_at=self.started_at)
-        self.echo_track = PacketTrack("audio")
-        self.load_track = PacketTrack("video")
-        self.pacer = Pacer(self.load_track, self.responder.down_step)
-        self.closed = asyncio.Event()
-        self._closing = False
-        self._end = end
-        self._alarm = asyncio.Event()
-        """Set when the responder's limits may have been broken (the watchdog looks again)."""
-        self._watchdog: asyncio.Task[None] | None = None
-
-    def attach(self) -> None:
-        """Tap the receivers and add our tracks (after the remote offer is applied)."""
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.kind == "audio":
-                install_tap(transceiver.receiver, "audio", self._on_audio)
-            elif transceiver.kind == "video":
-                install_tap(transceiver.receiver, "video", self._on_video)
-        self.pc.addTrack(self.echo_track)
-        self.pc.addTrack(self.load_track)
-        if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
-
-    # The media handlers run inside aiortc's receive loop, once per packet: whatever a client
-    # sends, they only count, cap and answer; nothing raises, nothing loops on its numbers.
-
-    def _on_audio(self, payload: bytes, now: float) -> None:
-        try:
-            if packet_type(payload) != TYPE_PROBE:
-                raise ProtocolError("not a probe")
-            probe = decode_probe(payload)
-        except ProtocolError:
-            self._refuse("malformed")
-            return
-        if not self.responder.on_probe(probe, now):
-            self._look_again()  # refused: over the probe rate
-            return
-        if self.responder.probes_seen == 1:
-            self._alarm.set()  # the silence deadline moves from "first probe due" to "probes"
-        self.pacer.wake()  # a probe may ask for a downlink rung
-        if self.echo_track.backlog >= MAX_ECHO_BACKLOG:
-            self._refuse("echo_backlog")
-            return
-        self.echo_track.push(
-            lambda: encode_echo(self.responder.echo(probe, now, time.monotonic())))
-
-    def _on_video(self, payload: bytes, now: float) -> None:
-        try:
-            if packet_type(payload) != TYPE_LOAD:
-                raise ProtocolError("not a load packet")
-            load = decode_load(payload)
-        except ProtocolError:
-            self._refuse("malformed")
-            return
-        self.responder.on_up_load(load, len(payload), now)
-        self._look_again()
-
-    def _refuse(self, reason: str) -> None:
-        self.responder.refuse(reason)
-        self._look_again()
-
-    def _look_again(self) -> None:
-        if self.responder.refused_total > self.responder.limits.max_refused:
-            self._alarm.set()
-
-    async def _watch(self) -> None:
-        """End the session when its responder says so (refused too much, or silent): the
-        decision is the responder's (`end_reason`), this only waits for it."""
-        while (reason := self.responder.end_reason(time.monotonic())) is None:
-            due = self.responder.silence_deadline()
-            self._alarm.clear()
-            try:
-                async with asyncio.timeout(None if due is None
-                                           else max(0.0, due - time.monotonic())):
-                    await self._alarm.wait()
-            except TimeoutError:
-                pass
-        logger.debug("probe session %s over its limits: %s (refused %s)", self.id, reason,
-                     dict(self.responder.refused))
-        if self._end is not None:
-            await self._end(self, reason)
-        else:
-            await self.close()
-
-    async def close(self) -> None:
-        if self._closing:
-            await self.closed.wait()
-            return
-        self._closing = True
-        try:
-            watchdog, self._watchdog = self._watchdog, None
-            if watchdog is not None and watchdog is not asyncio.current_task():
-                watchdog.cancel()
-                await asyncio.gather(watchdog, return_exceptions=True)
-            await self.pacer.stop()
-            await self.pc.close()
-        except Exception:  # closing must never raise into the server
-            logger.warning("error while closing a probe session", exc_info=True)
-        finally:
-            self.closed.set()
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-            exc.status, "http_error")
-        return json_error(exc.status, code, exc.reason)
-
-
 class Reflector:
-    """The reflector as an embeddable object: `await start()`, `await stop()`."""
+    """The reflector as an embeddable object: `await start()`, `await drain()` or `stop()`.
 
-    def __init__(self, settings: ReflectorSettings, *, log_addresses: bool = False) -> None:
+    `share`: this is one worker of several (netprobe.webrtc.workers): `settings` holds its
+    share of the caps, it listens with SO_REUSEPORT beside the others, publishes its figures and
+    answers `/metrics` and `/healthz` for the whole reflector."""
+
+    def __init__(self, settings: ReflectorSettings, *, log_addresses: bool = False,
+                 share: WorkerShare | None = None) -> None:
         self.settings = settings
         self.admission = Admission(limits_from(settings))
         """Caps and rate limits (pure: netprobe.core.admission)."""
@@ -210,17 +79,26 @@ class Reflector:
         self.hash_source = AddressHasher.from_settings(settings)
         """A source's keyed hash: what logs show instead of the address."""
         self.log_addresses = log_addresses
+        self.share = share
         self._trusted = parse_networks(settings.trusted_proxies)
         self._metrics_from = parse_networks(settings.metrics_from)
-        self.gate = gate_for(settings.token_secret_file, settings.open, settings.host)
+        secret = settings.token_secret_file
+        self.gate = Gate(load_keys(secret) if secret else None, settings.open, settings.host,
+                         share.replay if share else None)
         """Which offers need which access token (netprobe.tokens); reads the secret file."""
+        self.tls = tls_context(settings.tls_cert_file, settings.tls_key_file) \
+            if settings.tls_cert_file else None
+        """The TLS context served (None: http); `reload()` loads its pair again."""
         self.media_limits = ResponderLimits(max_down_kbps=settings.max_down_kbps)
         """What one session's client may ask on the media path (netprobe.core.responder)."""
         self.sessions: dict[str, ReflectorSession] = {}
+        self.draining = False
+        """Set by `drain()`: offers get 503 `draining`, `/healthz` 503, echoes the flag."""
         self._timeouts: set[asyncio.Task[None]] = set()
+        self._publisher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.app = web.Application(middlewares=[self._observe, _json_errors],
+        self.app = web.Application(middlewares=[self._observe, json_errors],
                                    client_max_size=settings.max_body_bytes)
         self.app.router.add_post("/v1/offer", self.handle_offer)
         self.app.router.add_get("/healthz", self.handle_health)
@@ -231,32 +109,74 @@ class Reflector:
     def url(self) -> str:
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def start(self) -> None:
         """Listen. Raises `CannotListen` if the address cannot be bound."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port or 0)
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port or 0,
+                           ssl_context=self.tls, reuse_port=self.share is not None or None)
         try:
             await site.start()
         except OSError as exc:  # port in use, not this machine's address, unknown name
             await self._runner.cleanup()
             self._runner = None
             where = f"{self.settings.host}:{self.settings.port}"
-            raise CannotListen(f"cannot listen on {where}: {_listen_failure(exc)}") from None
+            raise CannotListen(f"cannot listen on {where}: {listen_failure(exc)}") from None
         if self.gate.refusal is not None:  # beyond loopback with no tokens: not without --open
             await self._runner.cleanup()
             self._runner = None
             raise ConfigError(self.gate.refusal)
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        if self.share is not None:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish())
 
     async def stop(self) -> None:
+        """Close every session and stop listening, at once (`drain()` is the gentle way)."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self._close_all()
+
+    async def drain(self, timeout: float | None = None, grace: float = 2.0) -> bool:
+        """Stop gracefully, then `stop()`: refuse new offers (503 `draining`, `/healthz`
+        503), set every monitoring session's drain flag at once, let running checks finish
+        (at most `timeout`, default `drain_timeout_s`), and give monitoring clients `grace`
+        seconds from the flag to see it. Returns whether the checks finished in time."""
+        timeout = self.settings.drain_timeout_s if timeout is None else timeout
+        self.draining = True
+        flagged_at = time.monotonic()
+        for session in self.sessions.values():
+            if session.kind == "monitor":
+                session.responder.draining = True
+        a = self.admission
+        logger.info("reflector draining", extra={
+            "event": "reflector_draining", "checks": a.count("check"),
+            "monitors": a.count("monitor"), "timeout_s": timeout})
+        checks = [asyncio.ensure_future(s.closed.wait()) for s in self.sessions.values()
+                  if s.kind == "check"]
+        pending: set[Any] = set()
+        try:
+            if checks:  # no check can start now: wait for these
+                _, pending = await asyncio.wait(checks, timeout=timeout)
+        finally:
+            for waiter in checks:
+                waiter.cancel()
+        if a.count("monitor"):
+            await asyncio.sleep(max(0.0, flagged_at + grace - time.monotonic()))
+        await self.stop()
+        return not pending
+
+    def reload(self) -> None:
+        """SIGHUP: load the TLS pair and the token secret file again; a bad new file keeps
+        the old one (logged as an error). Never raises."""
+        reload_files(self.settings, self.tls, self.gate)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self._close_all()
@@ -268,21 +188,37 @@ class Reflector:
         await asyncio.gather(*self._timeouts, return_exceptions=True)
         self.sessions.clear()
 
+    def snapshot(self) -> Snapshot:
+        """The whole reflector's figures: this process's, plus the other workers' if any."""
+        own = Snapshot.of(self.counters, list(self.sessions.values()),
+                          self.admission.sources_tracked, draining=self.draining)
+        return own if self.share is None else self.share.total(own)
+
+    async def _publish(self) -> None:
+        assert self.share is not None
+        while True:
+            self.share.publish(Snapshot.of(self.counters, list(self.sessions.values()),
+                                           self.admission.sources_tracked,
+                                           draining=self.draining))
+            self.share.tidy(time.time())
+            await asyncio.sleep(PUBLISH_EVERY_S)
+
     async def handle_health(self, request: web.Request) -> web.Response:
-        a, s = self.admission, self.settings
+        snap, s = self.snapshot(), self.share.whole if self.share else self.settings
         return web.json_response({
-            "status": "ok", "sessions": len(self.sessions), "checks": a.count("check"),
-            "monitors": a.count("monitor"), "max_checks": s.max_checks,
-            "max_monitors": s.max_monitors,
-            "max_sessions": s.max_sessions or s.max_checks + s.max_monitors})
+            "status": "draining" if self.draining else "ok",
+            "sessions": snap.count("check") + snap.count("monitor"),
+            "checks": snap.count("check"), "monitors": snap.count("monitor"),
+            "max_checks": s.max_checks, "max_monitors": s.max_monitors,
+            "max_sessions": s.max_sessions or s.max_checks + s.max_monitors,
+            "workers": snap.workers}, status=503 if self.draining else 200)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         if not in_networks(request[CLIENT], self._metrics_from):
             return json_error(403, "forbidden", "metrics are only served to the addresses in "
                               "[reflector] metrics_from")
-        return metrics_response(render_metrics(self.counters, list(self.sessions.values()),
-                                               self.admission.limits,
-                                               self.admission.sources_tracked))
+        whole = self.share.whole if self.share else self.settings
+        return metrics_response(render_metrics(self.snapshot(), limits_from(whole)))
 
     @web.middleware
     async def _observe(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -306,6 +242,10 @@ class Reflector:
         logger.info("refused an offer: %s", code, extra=extra)
 
     async def handle_offer(self, request: web.Request) -> web.Response:
+        if self.draining:
+            retry = math.ceil(self.settings.drain_timeout_s) + 5
+            return json_error(503, "draining", "this reflector is shutting down; try another "
+                              "or again shortly", headers={"Retry-After": str(retry)})
         # Access tokens (netprobe.tokens): a reflector that needs one for every offer checks it
         # before reading the body; the mode's needs are checked once the body is parsed.
         authorization = request.headers.get("Authorization")
@@ -314,7 +254,7 @@ class Reflector:
             if self.gate.always_needs_token:
                 grant = self.gate.authenticate(authorization, time.time())
         except AccessRefused as exc:
-            return _refused(exc)
+            return refused(exc)
         if request.content_type != "application/json":
             return json_error(415, "unsupported_media_type",
                           "send the offer as JSON with Content-Type: application/json")
@@ -329,14 +269,14 @@ class Reflector:
         except (ValueError, UnicodeDecodeError):
             return json_error(400, "bad_json", "the body is not valid JSON")
         try:
-            offer = _parse_offer(body)
+            offer = parse_offer(body)
         except ProtocolError as exc:
             return json_error(400, "bad_request", str(exc))
         try:
             grant = self.gate.admit(authorization, body.get("mode", "check"), time.time(), grant)
         except AccessRefused as exc:
-            return _refused(exc)
-        problem = _sdp_problem(offer.sdp)  # before admission: garbage takes no token or slot
+            return refused(exc)
+        problem = sdp_problem(offer.sdp)  # before admission: garbage takes no token or slot
         if problem is not None:
             return json_error(400, "bad_sdp", problem)
         kind = "monitor" if body.get("mode") == "monitor" else "check"
@@ -350,7 +290,7 @@ class Reflector:
             self.gate.consume(grant, time.time())  # a check token is spent once taken on
         except AccessRefused as exc:
             self.admission.release(source, kind)
-            return _refused(exc)
+            return refused(exc)
         session_id = uuid.uuid4().hex[:12]
         pc = create_peer_connection(self.settings.ice_servers)
         limit = (self.settings.monitor_timeout_s if kind == "monitor"
@@ -392,8 +332,11 @@ class Reflector:
             extra["address"] = request.get(CLIENT)
         logger.info("probe session started", extra=extra)
         answer = pc.localDescription
+        sdp = answer.sdp
+        if self.settings.public_address:  # behind a 1:1 NAT: advertise the public address
+            sdp = rewrite_host_candidates(sdp, self.settings.public_address)
         return web.json_response({
-            "sdp": answer.sdp, "type": answer.type, "session": session_id,
+            "sdp": sdp, "type": answer.type, "session": session_id,
             "time_limit_s": limit,
         })
 
@@ -427,48 +370,6 @@ class Reflector:
             "reason": reason, "duration_s": round(time.monotonic() - session.started_at, 3),
             "bytes_sent": sent, "bytes_received": received})
         await session.close()
+        if not self.sessions:  # idle again: hand the peak's freed memory back
+            await release_free_memory(time.monotonic())
 
-
-def _sdp_problem(text: str) -> str | None:
-    """Why the SDP cannot be a test offer (aiortc's own parser, no peer connection), or None."""
-    try:
-        kinds = sorted(m.kind for m in SessionDescription.parse(text).media)
-    except Exception:  # noqa: BLE001 - aiortc's parser raises ValueError, AssertionError, ...
-        return "the SDP offer is invalid"
-    return None if kinds == ["audio", "video"] else \
-        "the offer must have one audio and one video stream"
-
-
-def _refused(exc: AccessRefused) -> web.Response:
-    """The documented error for an offer without the token it needs (never echoes the token);
-    `Reflector._observe` counts and logs it as `offer_refused`, as every refusal."""
-    headers = {"WWW-Authenticate": 'Bearer realm="netprobe"'} if exc.status == 401 else None
-    return json_error(exc.status, exc.code, str(exc), headers=headers)
-
-
-def _listen_failure(exc: OSError) -> str:
-    """Why binding failed, in words (asyncio's own message repeats the address)."""
-    if isinstance(exc, socket.gaierror):
-        return f"the name does not resolve ({exc.strerror})"
-    return {
-        errno.EADDRINUSE: "the port is already in use",
-        errno.EADDRNOTAVAIL: "the address is not one of this machine's",
-        errno.EACCES: "permission denied (ports below 1024 need administrator rights)",
-    }.get(exc.errno or 0, exc.strerror or str(exc))
-
-
-def _parse_offer(body: Any) -> RTCSessionDescription:
-    if not isinstance(body, dict):
-        raise ProtocolError('the body must be a JSON object {"sdp": ..., "type": "offer"}')
-    sdp, kind = body.get("sdp"), body.get("type")
-    if kind != "offer":
-        raise ProtocolError('"type" must be "offer"')
-    if body.get("mode", "check") not in ("check", "monitor"):
-        raise ProtocolError('"mode" must be "check" or "monitor"')
-    if not isinstance(sdp, str) or not sdp.strip():
-        raise ProtocolError('"sdp" must be a non-empty string')
-    if len(sdp) > MAX_SDP_CHARS:
-        raise ProtocolError(f'"sdp" must be at most {MAX_SDP_CHARS} characters')
-    if not sdp.startswith("v=0"):
-        raise ProtocolError('"sdp" is not an SDP session description (must start with "v=0")')
-    return RTCSessionDescription(sdp=sdp, type="offer")

@@ -9,10 +9,12 @@ The decisions themselves (caps, rate limit, which X-Forwarded-For entry to belie
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import hmac
 import json
 import secrets
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -123,17 +125,95 @@ class ReflectorCounters:
         return label
 
 
-def render_metrics(counters: ReflectorCounters, sessions: list[Any], limits: AdmissionLimits,
-                   sources_tracked: int) -> str:
-    """The reflector's `/metrics` body. `sessions`: the live sessions (`.kind`, `.connected`,
-    `.pc`)."""
-    live: Counter[tuple[str, str]] = Counter()
-    sent, received = counters.bytes_sent, counters.bytes_received
-    for s in sessions:
-        live[(s.kind, "connected" if s.connected.is_set() else "connecting")] += 1
-        s_sent, s_received = transport_bytes(s.pc)
-        sent += s_sent
-        received += s_received
+@dataclass
+class Snapshot:
+    """What one reflector process (or, summed, the whole reflector) reports: its counters and
+    what is live now. Workers publish theirs (`worker_share`); `/metrics` sums them."""
+
+    counters: ReflectorCounters = field(default_factory=ReflectorCounters)
+    live: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Sessions open now, by (kind, "connecting" or "connected")."""
+    live_sent: int = 0
+    """Bytes of the live sessions so far (added to the counters' at each scrape)."""
+    live_received: int = 0
+    sources: int = 0
+    """Sources the rate limiter remembers."""
+    cpu_s: float = 0.0
+    rss: int | None = None
+    draining: bool = False
+    workers: int = 1
+    """Processes summed into this snapshot."""
+
+    @classmethod
+    def of(cls, counters: ReflectorCounters, sessions: list[Any], sources: int, *,
+           draining: bool = False) -> Snapshot:
+        """This process now. `sessions`: the live sessions (`.kind`, `.connected`, `.pc`)."""
+        snap = cls(counters=counters, sources=sources, cpu_s=time.process_time(),
+                   rss=_rss_bytes(), draining=draining)
+        for s in sessions:
+            snap.live[(s.kind, "connected" if s.connected.is_set() else "connecting")] += 1
+            s_sent, s_received = transport_bytes(s.pc)
+            snap.live_sent += s_sent
+            snap.live_received += s_received
+        return snap
+
+    def count(self, kind: str) -> int:
+        return sum(n for (k, _), n in self.live.items() if k == kind)
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.counters
+        return {"started": dict(c.started), "ended": [[k, r, n] for (k, r), n in c.ended.items()],
+                "refused": dict(c.refused), "bytes": [c.bytes_sent, c.bytes_received],
+                "live": [[k, s, n] for (k, s), n in self.live.items()],
+                "live_bytes": [self.live_sent, self.live_received], "sources": self.sources,
+                "cpu_s": self.cpu_s, "rss": self.rss, "draining": self.draining}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Snapshot:
+        """A snapshot written by `to_json` (raises ValueError/KeyError/TypeError if it is not);
+        labels outside the known ones are dropped."""
+        c = ReflectorCounters()
+        c.started.update({k: int(n) for k, n in doc["started"].items() if k in KINDS})
+        c.ended.update({(k, r): int(n) for k, r, n in doc["ended"]
+                        if k in KINDS and r in END_REASONS})
+        c.refused.update({k: int(n) for k, n in doc["refused"].items()
+                          if k in (*REFUSAL_CODES, "other")})
+        c.bytes_sent, c.bytes_received = (int(v) for v in doc["bytes"])
+        snap = cls(counters=c, sources=int(doc["sources"]), cpu_s=float(doc["cpu_s"]),
+                   rss=None if doc["rss"] is None else int(doc["rss"]),
+                   draining=bool(doc["draining"]))
+        snap.live.update({(k, s): int(n) for k, s, n in doc["live"] if k in KINDS
+                          and s in ("connecting", "connected")})
+        snap.live_sent, snap.live_received = (int(v) for v in doc["live_bytes"])
+        return snap
+
+    def add(self, other: Snapshot, *, counters_only: bool = False) -> None:
+        """Sum `other` into this one (`counters_only`: a worker that has exited)."""
+        c, o = self.counters, other.counters
+        c.started.update(o.started)
+        c.ended.update(o.ended)
+        c.refused.update(o.refused)
+        c.bytes_sent += o.bytes_sent + other.live_sent
+        c.bytes_received += o.bytes_received + other.live_received
+        self.cpu_s += other.cpu_s
+        if counters_only:
+            return
+        c.bytes_sent -= other.live_sent  # live, not final: kept apart
+        c.bytes_received -= other.live_received
+        self.live.update(other.live)
+        self.live_sent += other.live_sent
+        self.live_received += other.live_received
+        self.sources += other.sources
+        self.rss = None if self.rss is None or other.rss is None else self.rss + other.rss
+        self.workers += 1
+
+
+def render_metrics(snap: Snapshot, limits: AdmissionLimits) -> str:
+    """The reflector's `/metrics` body from `snap` (one process's, or every worker's summed)
+    and the reflector's caps."""
+    counters, live = snap.counters, snap.live
+    sent = counters.bytes_sent + snap.live_sent
+    received = counters.bytes_received + snap.live_received
     p = PromText()
     p.metric("netprobe_reflector_sessions", "gauge",
              "Sessions open now, by kind and state.",
@@ -157,12 +237,18 @@ def render_metrics(counters: ReflectorCounters, sessions: list[Any], limits: Adm
              "Bytes of media sent and received by sessions (DTLS transport).",
              [(labels(direction="sent"), sent), (labels(direction="received"), received)])
     p.metric("netprobe_reflector_rate_limit_sources", "gauge",
-             "Source addresses the rate limiter remembers.", [("", sources_tracked)])
+             "Source addresses the rate limiter remembers (summed over workers).",
+             [("", snap.sources)])
+    p.metric("netprobe_reflector_workers", "gauge",
+             "Worker processes whose figures this answer sums.", [("", snap.workers)])
+    p.metric("netprobe_reflector_draining", "gauge",
+             "1 while the reflector drains (SIGTERM): it takes no new session.",
+             [("", int(snap.draining))])
     p.metric("process_cpu_seconds_total", "counter",
-             "User and system CPU time of the reflector process, seconds.",
-             [("", time.process_time())])
-    p.metric("process_resident_memory_bytes", "gauge", "Resident memory, bytes.",
-             [("", _rss_bytes())])
+             "User and system CPU time of the reflector's processes, seconds.",
+             [("", snap.cpu_s)])
+    p.metric("process_resident_memory_bytes", "gauge", "Resident memory, bytes (summed).",
+             [("", snap.rss)])
     return p.text()
 
 
@@ -173,6 +259,28 @@ def _rss_bytes() -> int | None:
         return int(psutil.Process().memory_info().rss)
     except Exception:  # noqa: BLE001 - not available here: leave the sample out
         return None
+
+
+_TRIM_EVERY_S = 10.0
+_trimmed_at = -_TRIM_EVERY_S
+
+
+def _libc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to give back this way
+        pass
+
+
+async def release_free_memory(now: float) -> None:
+    """Give the memory freed sessions left on glibc's heap back to the system (`malloc_trim`,
+    at most every 10 s, off the event loop). Without it a reflector keeps the peak of its
+    busiest minute as RSS (scripts/fuzz_reflector.py: 9-16 MB of ~30 MB after an attack)."""
+    global _trimmed_at
+    if sys.platform != "linux" or now - _trimmed_at < _TRIM_EVERY_S:
+        return
+    _trimmed_at = now
+    await asyncio.to_thread(_libc_trim)
 
 
 async def either_set(a: asyncio.Event, b: asyncio.Event, timeout: float) -> bool:

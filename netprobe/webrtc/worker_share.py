@@ -1,0 +1,155 @@
+"""What a reflector's worker processes share, through the reflector's private run directory
+(docs/reflector.md, "Workers"): their figures and the check tokens they have spent.
+
+The workers share no session and no lock. Each one writes a snapshot of its counters to
+`worker-<index>.json` about once a second (written whole, then renamed into place), and any
+worker's `/metrics` and `/healthz` answer sums its own figures with the other workers' files and
+with `retired.json`, the counters of workers that have exited (the supervisor folds a dead
+worker's last snapshot in there before it starts the replacement, so the sums never go back).
+A check token is spent once per reflector, not once per worker: spending it also creates a
+file named after its `jti`'s hash with `O_EXCL`, which only one process can do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from netprobe.settings import ReflectorSettings
+from netprobe.tokens import LEEWAY_S, ReplayCache
+from netprobe.webrtc.reflector_ops import Snapshot
+
+logger = logging.getLogger(__name__)
+
+RETIRED = "retired.json"
+TOKENS = "spent-tokens"
+PUBLISH_EVERY_S = 1.0
+"""How often a worker writes its snapshot (so `/metrics` lags the other workers by about this)."""
+
+
+def _worker_file(run_dir: Path, index: int) -> Path:
+    return run_dir / f"worker-{index}.json"
+
+
+def _write_whole(path: Path, doc: object) -> None:
+    """Write `doc` as JSON to a temporary file beside `path`, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> Snapshot | None:
+    """The snapshot in `path`, or None if there is none or it cannot be read."""
+    try:
+        return Snapshot.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        logger.warning("ignored an unreadable worker snapshot: %s", path.name)
+        return None
+
+
+class WorkerShare:
+    """One worker's side of the run directory."""
+
+    def __init__(self, run_dir: Path | str, index: int, workers: int,
+                 whole: ReflectorSettings) -> None:
+        self.run_dir = Path(run_dir)
+        self.index = index
+        self.workers = workers
+        self.whole = whole
+        """The reflector's settings before its caps were split (what `/healthz` reports)."""
+        self.replay = SharedReplayCache(self.run_dir / TOKENS)
+
+    def publish(self, snap: Snapshot) -> None:
+        try:
+            _write_whole(_worker_file(self.run_dir, self.index),
+                         {**snap.to_json(), "pid": os.getpid()})
+        except OSError as exc:  # a full or vanished run directory must not stop the worker
+            logger.warning("cannot write this worker's snapshot: %s", exc.strerror or exc)
+
+    def total(self, own: Snapshot) -> Snapshot:
+        """`own` summed with the other live workers' latest snapshots and the exited ones'."""
+        total = Snapshot(draining=own.draining, rss=0, workers=0)
+        total.add(own)
+        for index in range(self.workers):
+            if index != self.index and (snap := _read(_worker_file(self.run_dir, index))):
+                total.add(snap)
+        if retired := _read(self.run_dir / RETIRED):
+            total.add(retired, counters_only=True)
+        return total
+
+    def tidy(self, now: float) -> None:
+        """Forget spent tokens that have expired (their files), from time to time."""
+        self.replay.tidy(now)
+
+
+def retire(run_dir: Path | str, index: int) -> None:
+    """Fold the exited worker `index`'s last snapshot into `retired.json` (supervisor side)."""
+    run_dir = Path(run_dir)
+    path = _worker_file(run_dir, index)
+    last = _read(path)
+    if last is None:
+        return
+    retired = _read(run_dir / RETIRED) or Snapshot()
+    retired.add(last, counters_only=True)
+    retired.live.clear()
+    retired.live_sent = retired.live_received = retired.sources = 0
+    try:
+        _write_whole(run_dir / RETIRED, retired.to_json())
+        path.unlink()
+    except OSError as exc:
+        logger.warning("cannot fold an exited worker's counters in: %s", exc.strerror or exc)
+
+
+class SharedReplayCache(ReplayCache):
+    """`tokens.ReplayCache` whose record is also kept in a directory every worker shares: a
+    check token spent by one worker is refused by all."""
+
+    TIDY_EVERY_S = 60.0
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = directory
+        self._tidied_at = 0.0
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+    def _path(self, jti: str) -> Path:
+        return self.directory / hashlib.sha256(jti.encode()).hexdigest()[:40]
+
+    def used(self, jti: str, now: float) -> bool:
+        return super().used(jti, now) or self._path(jti).exists()
+
+    def use(self, jti: str, exp: float, now: float) -> bool:
+        if not super().use(jti, exp, now):
+            return False
+        try:
+            fd = os.open(self._path(jti), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False  # another worker took it first
+        except OSError as exc:  # the record cannot be kept: this process's still is
+            logger.warning("cannot record a spent check token: %s", exc.strerror or exc)
+            return True
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.utime(self._path(jti), (exp, exp))  # its mtime: when it may be forgotten
+        return True
+
+    def tidy(self, now: float) -> None:
+        if now - self._tidied_at < self.TIDY_EVERY_S:
+            return
+        self._tidied_at = now
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime <= now - LEEWAY_S:
+                    os.unlink(entry.path)
+
