@@ -49,12 +49,12 @@ from netprobe.webrtc.reflector_ops import (
     CLIENT,
     SOURCE,
     AddressHasher,
+    MemoryTrimmer,
     ReflectorCounters,
     Snapshot,
     either_set,
     error_code,
     limits_from,
-    release_free_memory,
     render_metrics,
     transport_bytes,
 )
@@ -92,6 +92,8 @@ class Reflector:
         self.media_limits = ResponderLimits(max_down_kbps=settings.max_down_kbps)
         """What one session's client may ask on the media path (netprobe.core.responder)."""
         self.sessions: dict[str, ReflectorSession] = {}
+        self.trimmer = MemoryTrimmer(lambda: not self.sessions)
+        """Returns freed heap memory to the system once the reflector is idle."""
         self.draining = False
         """Set by `drain()`: offers get 503 `draining`, `/healthz` 503, echoes the flag."""
         self._timeouts: set[asyncio.Task[None]] = set()
@@ -143,6 +145,7 @@ class Reflector:
             await self._runner.cleanup()
             self._runner = None
         await self._close_all()
+        self.trimmer.cancel()
 
     async def drain(self, timeout: float | None = None, grace: float = 2.0) -> bool:
         """Stop gracefully, then `stop()`: refuse new offers (503 `draining`, `/healthz`
@@ -371,5 +374,5 @@ class Reflector:
             "bytes_sent": sent, "bytes_received": received})
         await session.close()
         if not self.sessions:  # idle again: hand the peak's freed memory back
-            await release_free_memory(time.monotonic())
+            self.trimmer.became_idle()
 
