@@ -14,7 +14,8 @@ this process is the load generator and holds N monitoring streams
 its live children and reaped ones). Printed:
 
 1. idle CPU, then CPU per monitoring stream (% of one core, idle subtracted) with streams only;
-2. CPU per check (CPU-seconds, streams and idle subtracted) while checks run beside them;
+2. CPU per check (CPU-seconds) while checks run beside them: the tree's CPU over the checks'
+   minutes minus the streams' own rate (measured alone before and after them);
 3. the monitoring streams' RTT p95 (ms), the checks' verdicts, and every refusal (the
    reflector's `netprobe_reflector_offers_refused_total` and streams that failed).
 
@@ -200,7 +201,13 @@ class Bench:
             self.verdicts = list(await asyncio.gather(*checks))
             elapsed = time.monotonic() - t
             total = cpu_seconds(pid) - c
-            used = total - streams_rate * elapsed
+            # the streams' own rate again after the checks: the checks' share is a difference
+            # of two large numbers, so the streams' rate is the mean of before and after
+            await asyncio.sleep(2)
+            t2, c2 = time.monotonic(), cpu_seconds(pid)
+            await asyncio.sleep(window)
+            after_rate = (cpu_seconds(pid) - c2) / (time.monotonic() - t2)
+            used = total - (streams_rate + after_rate) / 2 * elapsed
             per_check = used / max(1, len(checks))
             self.summary.add(f"CPU per check ({len(checks)} checks, every "
                              f"{self.check_every:g} s)", f"{per_check:.3f} CPU-seconds",
