@@ -64,6 +64,7 @@ EVENTS: Final[Mapping[str, tuple[str, ...]]] = {
     "reflector_reloaded": ("what",),
     "reflector_reload_failed": ("what", "error"),
     "offer_refused": ("reason", "status", "source"),
+    "speedtest_refused": ("reason", "status"),
     "probe_session_started": ("session", "kind", "source"),
     "probe_session_connected": ("session", "kind", "connect_s"),
     "probe_session_ended": ("session", "kind", "reason", "duration_s", "bytes_sent",

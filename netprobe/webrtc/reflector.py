@@ -59,6 +59,7 @@ from netprobe.webrtc.reflector_ops import (
     transport_bytes,
 )
 from netprobe.webrtc.reflector_session import ReflectorSession
+from netprobe.webrtc.speedtest_mini import add_speedtest_routes
 from netprobe.webrtc.worker_share import PUBLISH_EVERY_S, WorkerShare
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Reflector:
         self.app.router.add_get("/healthz", self.handle_health)
         self.app.router.add_get("/metrics", self.handle_metrics)
         self.app.on_shutdown.append(self._on_shutdown)
+        self.speedtest = add_speedtest_routes(self.app, self.gate, draining=lambda: self.draining)
+        """The Speedtest Mini endpoints for the TCP speed test (netprobe.webrtc.speedtest_mini)."""
 
     @property
     def url(self) -> str:
