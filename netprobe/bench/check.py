@@ -115,7 +115,7 @@ class CpuRounds:
     async def measure(self) -> None:
         port = _free_port()
         server = await asyncio.create_subprocess_exec(
-            *NETPROBE, "serve", "--port", str(port),
+            *NETPROBE, "serve", "--port", str(port), "--workers", "1",  # its CPU: one process
             "--max-sessions", str(max(4, self.concurrent)),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         assert server.stderr is not None

@@ -110,9 +110,12 @@ async def start_reflector(lab: LinkLab, port: int = PORT, timeout: float = 20.0,
                           args: Sequence[str] = ("--open",)) -> asyncio.subprocess.Process:
     """`netprobe serve` on the lab's server address, once it says it is listening. Its
     stderr stays a pipe for the caller to read on; the lab stops it on exit. `args`: access
-    (`--open`: checks without tokens; a monitoring stream needs `--token-secret-file`)."""
+    (`--open`: checks without tokens; a monitoring stream needs `--token-secret-file`).
+    One process (`--workers 1`): the lab measures the link, and on a small machine idle
+    worker processes would only add CPU noise beside the emulator."""
     server = await lab.exec_server(
-        *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(port), *args,
+        *NETPROBE, "serve", "--host", lab.server_addr, "--port", str(port), "--workers", "1",
+        *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     assert server.stderr is not None
     line = await asyncio.wait_for(server.stderr.readline(), timeout)
