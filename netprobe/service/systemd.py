@@ -21,6 +21,7 @@ from netprobe.service.base import (
 from netprobe.service.execute import output_of
 from netprobe.service.plan import Command, RemoveFile, ServiceStatus, Step, UninstallResult
 from netprobe.service.reflector_unit import render_reflector_unit
+from netprobe.service.systemd_sandbox import SECCOMP_SANDBOX, namespace_sandbox
 from netprobe.service.systemd_syntax import systemd_exec_line
 from netprobe.service.systemd_syntax import systemd_word as _systemd_word
 
@@ -31,10 +32,6 @@ _VERSION_RE = re.compile(r"Version=v?(\d+)")
 
 # ---------------------------------------------------------------------------------------------
 # The unit file (pure)
-
-
-def _under_home(path: str) -> bool:
-    return path.startswith(("/home/", "/root/", "/run/user/")) or path == "/root"
 
 
 def render_systemd_unit(spec: ServiceSpec, *, systemd_version: int | None = None,
@@ -84,39 +81,13 @@ def render_systemd_unit(spec: ServiceSpec, *, systemd_version: int | None = None
         ("StateDirectory", spec.name), ("StateDirectoryMode", "0750"),
         ("LogsDirectory", spec.name), ("LogsDirectoryMode", "0750"),
         ("UMask", "0027"),
-        # Sandbox. Seccomp-based settings work in user managers too; namespace-based ones
-        # (ProtectSystem, PrivateTmp, ...) would need unprivileged user namespaces there.
-        ("NoNewPrivileges", "yes"),
-        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX AF_NETLINK"),
-        ("RestrictNamespaces", "yes"),
-        ("RestrictRealtime", "yes"),
-        ("RestrictSUIDSGID", "yes"),
-        ("LockPersonality", "yes"),
-        ("SystemCallArchitectures", "native"),
-        ("SystemCallFilter", "@system-service"),
-        ("SystemCallFilter", "~@privileged @resources"),
-        ("SystemCallErrorNumber", "EPERM"),  # a blocked call fails, it does not kill the agent
+        # Sandbox: the seccomp-based settings everywhere, the namespace-based ones in a
+        # system unit only.
+        *SECCOMP_SANDBOX,
     ]
     if system:
-        needs_home = any(_under_home(str(p)) for p in
-                         (spec.command[0], spec.config, spec.working_dir) if p is not None)
-        service += [
-            ("ProtectSystem", "strict"),
-            ("ProtectHome", "read-only" if needs_home else "yes"),
-            ("PrivateTmp", "yes"),
-            ("PrivateDevices", "yes"),
-            ("ProtectKernelTunables", "yes"),
-            ("ProtectKernelModules", "yes"),
-            ("ProtectKernelLogs", "yes"),
-            ("ProtectControlGroups", "yes"),
-            ("ProtectClock", "yes"),
-            ("ProtectHostname", "yes"),
-            ("PrivateMounts", "yes"),
-            ("RemoveIPC", "yes"),
-            ("CapabilityBoundingSet", ""),
-        ]
-        if version >= 247:
-            service.append(("ProtectProc", "invisible"))
+        service += namespace_sandbox((spec.command[0], spec.config, spec.working_dir), version)
+        service.append(("CapabilityBoundingSet", ""))
     install = [("WantedBy", "multi-user.target" if system else "default.target")]
 
     lines = [
