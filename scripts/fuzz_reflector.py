@@ -46,12 +46,7 @@ from typing import Any
 import aiohttp
 
 from netprobe.bench.hostile import Fuzzer, proc_figures, run_check, tokens
-from netprobe.webrtc.engine import (
-    PacketTrack,
-    create_peer_connection,
-    prefer_test_codecs,
-    restrict_host_candidates,
-)
+from netprobe.webrtc.engine import restrict_host_candidates, sample_offer_sdp
 
 HEAPWATCH = [sys.executable, "-m", "netprobe.bench.heapwatch"]
 SECRET = "k1 = " + "f" * 64 + "\n"
@@ -123,17 +118,6 @@ async def attack(fuzz: Fuzzer, args: argparse.Namespace, url: str, env: dict[str
     return time.monotonic() - t0, verdict
 
 
-async def sample_offer() -> str:
-    sample = create_peer_connection()
-    sample.addTransceiver(PacketTrack("audio"), direction="sendrecv")
-    sample.addTransceiver(PacketTrack("video"), direction="sendrecv")
-    prefer_test_codecs(sample)
-    await sample.setLocalDescription(await sample.createOffer())
-    sdp = sample.localDescription.sdp
-    await sample.close()
-    return sdp
-
-
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--http", type=int, default=10_000)
@@ -185,7 +169,7 @@ async def main() -> int:
     await settle(url)
     warm = await heap.take()
     _, cpu0 = proc_figures(proc.pid)
-    fuzz.offer_sdp = await sample_offer()
+    fuzz.offer_sdp = await sample_offer_sdp()
     rounds: list[tuple[float, str, float, dict[str, Any]]] = []
     for _ in range(args.rounds):
         elapsed, verdict = await attack(fuzz, args, url, env)

@@ -250,3 +250,16 @@ class Pacer:
                 await self._woken.wait()
             else:  # a packet pushed behind schedule yields too: never a busy loop
                 await asyncio.sleep(max(0.0, next_at - now))
+
+
+async def sample_offer_sdp() -> str:
+    """The SDP of an offer like a check's (two test streams; its peer connection is closed
+    again), for whatever talks to a reflector's signalling directly (tests, the fuzzer)."""
+    pc = create_peer_connection()
+    pc.addTransceiver(PacketTrack("audio"), direction="sendrecv")
+    pc.addTransceiver(PacketTrack("video"), direction="sendrecv")
+    prefer_test_codecs(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
