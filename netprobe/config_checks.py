@@ -83,6 +83,18 @@ def ice_url_problem(url: str) -> str | None:
     return None
 
 
+MAX_TURN_URLS = 8
+"""TURN URLs a reflector may hand out (a client tries them one after another)."""
+
+
+def turn_url_problem(url: str) -> str | None:
+    """Why `url` is not a TURN relay URL a client can use (`turn:`/`turns:`, checked as an
+    ICE server's URL is), or None."""
+    if not isinstance(url, str) or not url.startswith(("turn:", "turns:")):
+        return f"{url!r} must start with turn: or turns: (e.g. turn:turn.clinic.example:3478)"
+    return ice_url_problem(url)
+
+
 def _public_address_problem(text: str) -> str | None:
     try:
         parse_public_address(text)
@@ -101,7 +113,7 @@ def problem(obj: Any) -> tuple[str, str] | None:
                 return f.name, f"must not be negative, got {value}"
     checks: list[tuple[bool, str, str]] = []
     secret_files = ("token_secret_file", "token_file", "reflector_token_file",
-                    "tls_cert_file", "tls_key_file")
+                    "tls_cert_file", "tls_key_file", "turn_secret_file")
     for key in secret_files:  # secret files named in settings: readable
         if path := getattr(obj, key, ""):
             checks.append((readable_file_problem(path) is None, key,
@@ -159,6 +171,17 @@ def problem(obj: Any) -> tuple[str, str] | None:
         ]
         checks += [(network_problem(n) is None, key, network_problem(n) or "")
                    for key in ("trusted_proxies", "metrics_from") for n in getattr(obj, key)]
+        checks += [
+            (len(obj.turn_urls) <= MAX_TURN_URLS, "turn_urls",
+             f"give at most {MAX_TURN_URLS} TURN URLs"),
+            *((turn_url_problem(u) is None, "turn_urls", turn_url_problem(u) or "")
+              for u in obj.turn_urls),
+            (bool(obj.turn_urls) == bool(obj.turn_secret_file),
+             "turn_secret_file" if obj.turn_urls else "turn_urls",
+             "give both turn_urls and turn_secret_file (--turn-url and --turn-secret-file), "
+             "or neither"),
+            (60 <= obj.turn_ttl_s <= 86400, "turn_ttl_s", "must be 60-86400 seconds"),
+        ]
         if obj.public_address:
             checks.append((_public_address_problem(obj.public_address) is None,
                            "public_address", _public_address_problem(obj.public_address) or ""))

@@ -104,6 +104,16 @@ class ReflectorSettings:
     """PEM certificate chain to serve https directly (with tls_key_file; reloaded on SIGHUP)."""
     tls_key_file: str = ""
     """PEM private key of tls_cert_file; both or neither."""
+    turn_urls: tuple[str, ...] = ()
+    """TURN relays handed out to clients with a valid token, in the order they are tried:
+    `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (TCP+TLS); with
+    turn_secret_file, both or neither (docs/reflector.md, "TURN relay")."""
+    turn_secret_file: str = ""
+    """File holding coturn's `static-auth-secret` (one line, mode 0600): the reflector signs
+    short-lived TURN REST API credentials with it (read at start and on SIGHUP)."""
+    turn_ttl_s: float = 600.0
+    """Lifetime of the TURN credentials handed out for a check (a monitoring stream's last
+    monitor_timeout_s plus a margin)."""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ A token is a JWT (RFC 7519) signed with HMAC-SHA256 (`HS256`) by PyJWT, with a `
 naming the key that signed it, so keys can be rotated: the secret file holds one or more
 `kid = secret` lines, the first signs, every one verifies. Claims: `scope` (`check`: one
 pre-session check; `monitor`: monitoring streams and checks), `iat`, `exp` (Unix seconds) and a
-random `jti`. A `check` token is good once: its `jti` is remembered until it expires
-(`ReplayCache`, bounded).
+random `jti`. A `check` token is good for one check: at most `CHECK_OFFERS` offers within
+`CHECK_RETRY_S` of its first (a client whose direct path fails re-offers over a TURN relay);
+its `jti` is remembered until it expires (`ReplayCache`, bounded).
 
 Pure apart from `load_keys` (reads the secret file): time comes in as `now` (Unix seconds);
 PyJWT does the cryptography, never the clock (its own expiry checks are turned off and done
@@ -43,6 +44,10 @@ MAX_CHECK_TTL_S = 31 * 86400
 LEEWAY_S = 30.0
 """Clock difference allowed between the issuing system and the reflector."""
 MAX_TOKEN_CHARS = 4096
+CHECK_OFFERS = 3
+"""Offers one check token allows (the first, and retries over a relay when it fails)."""
+CHECK_RETRY_S = 30.0
+"""How long after a check token's first offer its retries are allowed."""
 MAX_REPLAY_ENTRIES = 100_000
 """Check tokens remembered at once (about 10 MB at worst); more unexpired ones get 503."""
 
@@ -167,7 +172,7 @@ class Grant:
     scope: str
     """`check` or `monitor`."""
     jti: str
-    """The token's unique id (check tokens are used once)."""
+    """The token's unique id (a check token allows `CHECK_OFFERS` offers)."""
     exp: float
     """Expiry, Unix seconds."""
     kid: str
@@ -231,37 +236,52 @@ def verify(keyring: Keyring, token: str, now: float) -> Grant:
 
 
 class ReplayCache:
-    """The jtis of check tokens already used, each kept until its token expires; at most
-    `capacity` at once (a full cache refuses new check tokens rather than forget one)."""
+    """The jtis of check tokens already used, each with its first offer's time and its count
+    of offers, kept until its token expires; at most `capacity` at once (a full cache refuses
+    new check tokens rather than forget one)."""
 
     def __init__(self, capacity: int = MAX_REPLAY_ENTRIES) -> None:
         self.capacity = capacity
-        self._until: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, float, int]] = {}
+        """jti -> (expiry, first offer's time, offers taken)."""
         self._heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self._seen)
 
     def _purge(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now - LEEWAY_S:
             _, jti = heapq.heappop(self._heap)
-            self._until.pop(jti, None)
+            self._seen.pop(jti, None)
 
     def used(self, jti: str, now: float) -> bool:
+        """Whether `jti` allows no further offer: `CHECK_OFFERS` taken, or its first was
+        more than `CHECK_RETRY_S` ago."""
         self._purge(now)
-        return jti in self._until
+        entry = self._seen.get(jti)
+        return entry is not None and (entry[2] >= CHECK_OFFERS
+                                      or now - entry[1] > CHECK_RETRY_S)
 
     def use(self, jti: str, exp: float, now: float) -> bool:
-        """Remember `jti` until `exp`; False if it was already used."""
-        self._purge(now)
-        if jti in self._until:
+        """Take one offer of `jti` (remembered until `exp`); False if it allows no more."""
+        if self.used(jti, now):
             return False
-        if len(self._until) >= self.capacity:
-            raise AccessRefused(503, "busy", "the reflector holds too many unexpired check "
-                                "tokens; try again later")
-        self._until[jti] = exp
-        heapq.heappush(self._heap, (exp, jti))
+        entry = self._seen.get(jti)
+        if entry is None:
+            if len(self._seen) >= self.capacity:
+                raise AccessRefused(503, "busy", "the reflector holds too many unexpired check "
+                                    "tokens; try again later")
+            self._seen[jti] = (exp, now, 1)
+            heapq.heappush(self._heap, (exp, jti))
+        else:
+            self._seen[jti] = (entry[0], entry[1], entry[2] + 1)
         return True
+
+    def exhaust(self, jti: str) -> None:
+        """Allow `jti` no further offer (another worker has taken the last one)."""
+        entry = self._seen.get(jti)
+        if entry is not None:
+            self._seen[jti] = (entry[0], entry[1], CHECK_OFFERS)
 
 
 def is_loopback(host: str) -> bool:
@@ -274,7 +294,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-ALREADY_USED = "this check token was already used; a check link is good for one check"
+ALREADY_USED = ("this check token was already used; a check link is good for one check: "
+                f"at most {CHECK_OFFERS} tries within {CHECK_RETRY_S:.0f} s")
 
 
 class Gate:
@@ -323,6 +344,15 @@ class Gate:
         """May an offer of `mode` (`check`/`monitor`) with this header go ahead? Returns the
         grant to `consume` once the session is taken on (None: no token needed), or raises
         AccessRefused. `grant`: the header's, if already authenticated."""
+        grant = self.allows(authorization, mode, now, grant)
+        if grant is not None and grant.scope == "check" and self.replay.used(grant.jti, now):
+            raise _forbidden(ALREADY_USED)
+        return grant
+
+    def allows(self, authorization: str | None, mode: str, now: float,
+               grant: Grant | None = None) -> Grant | None:
+        """`admit` without the spent-token check: what a request beside an offer needs
+        (`GET /v1/ice`: a check token its offer has spent still gets relay credentials)."""
         if self.refusal is not None:
             raise AccessRefused(503, "not_configured", self.refusal)
         if self.local or (mode == "check" and self.open):
@@ -331,8 +361,6 @@ class Gate:
         if not grant.permits(mode):
             raise _forbidden("a check token cannot open a monitoring stream; it needs a token "
                              "of scope \"monitor\"")
-        if grant.scope == "check" and self.replay.used(grant.jti, now):
-            raise _forbidden(ALREADY_USED)
         return grant
 
     def consume(self, grant: Grant | None, now: float) -> None:

@@ -20,8 +20,9 @@ from agent_support import StartAgent, agents, events, until
 from procs import free_port, serve, stop
 
 from netprobe.config import ReflectorSettings, Settings
-from netprobe.webrtc.client import ANSWER_CAP_S, run_check_attempts
+from netprobe.webrtc.client import run_check_attempts
 from netprobe.webrtc.reflector import Reflector
+from netprobe.webrtc.signalling import ANSWER_CAP_S
 
 SECRET = "s3cret-" + "y" * 40
 

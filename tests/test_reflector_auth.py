@@ -15,13 +15,14 @@ from typing import Any
 import aiohttp
 import pytest
 from agent_support import until
+from offers import offer_sdp
 from procs import CHILD_ENV, NETPROBE, free_port, serve, stop
 
 from netprobe.agent.runtime import AgentRuntime
 from netprobe.agent.worker import IsolatedMonitorLink
 from netprobe.config import AgentSettings, ReflectorSettings, Settings, load_settings
 from netprobe.errors import AccessDenied, ConfigError
-from netprobe.tokens import Keyring, check_link, issue, load_keys
+from netprobe.tokens import CHECK_OFFERS, Keyring, check_link, issue, load_keys
 from netprobe.webrtc.client import MonitorLink, run_check
 from netprobe.webrtc.reflector import Reflector
 
@@ -124,7 +125,19 @@ async def test_a_rotated_key_still_verifies_and_a_retired_one_does_not(
 # ------------------------------------------------------------------------ real checks and links
 
 
-async def test_a_real_check_needs_its_token_and_uses_it_once(
+async def spend_retries(url: str, token: str) -> int:
+    """Take a check token's remaining offers (`CHECK_OFFERS` in all; a check has taken one or
+    more) with real offers, as a client falling back to a relay would; returns how many."""
+    for taken in range(CHECK_OFFERS):
+        status, body, _ = await post_offer(url, token, body={"sdp": await offer_sdp(),
+                                                             "type": "offer"})
+        if status == 403:
+            return taken
+        assert status == 200, body
+    raise AssertionError(f"a check token took more than {CHECK_OFFERS} offers")
+
+
+async def test_a_real_check_needs_its_token_and_its_retries_run_out(
         secured: Reflector, keys: Keyring, settings: Settings) -> None:
     refused = await run_check(secured.url, capped(settings, 4))
     assert refused.verdict.verdict == "unknown"
@@ -133,6 +146,8 @@ async def test_a_real_check_needs_its_token_and_uses_it_once(
     token = issue(keys, "check", time.time())
     result = await run_check(secured.url, replace(settings, access_token=token))
     assert result.verdict.verdict == "video", result.verdict
+    await spend_retries(secured.url, token)  # the fallback's offers: 3 within 30 s in all
+    assert secured.counters.started["check"] == CHECK_OFFERS
     again = await run_check(secured.url, capped(settings, 4, token))
     assert again.verdict.verdict == "unknown"
     assert again.verdict.reasons[0].code == "forbidden"
@@ -261,6 +276,7 @@ async def test_serve_with_a_secret_and_check_with_a_link(secret_path: Path, keys
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["verdict"] == "video"
         assert token not in done.stdout + done.stderr  # -v: every INFO log line included
+        await spend_retries(url, token)
         for args, env, code in (
                 ((), None, "unauthorized"),
                 ((), {"NETPROBE_TOKEN": token}, "forbidden"),  # already used

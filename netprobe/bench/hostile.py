@@ -21,6 +21,7 @@ from aiortc import RTCSessionDescription
 
 from netprobe.core import wire
 from netprobe.core.wire import Echo, Load, Probe, encode_echo, encode_load, encode_probe
+from netprobe.tokens import CHECK_OFFERS
 from netprobe.webrtc.engine import PacketTrack, create_peer_connection, prefer_test_codecs
 
 try:  # the access-token feature (netprobe/tokens.py); without it, the token cases are skipped
@@ -168,12 +169,13 @@ class Fuzzer:
             self.codes["<not a JSON error>"] += 1
 
     async def replays(self, http: aiohttp.ClientSession, n: int = 10) -> None:
-        """A check token used twice: the second use is refused (403 already used)."""
+        """A check token used `CHECK_OFFERS` + 1 times: the last use is refused (403 already
+        used; a check may re-offer over a relay, docs/reflector.md "Access tokens")."""
         if not self.keyring:
             return
         for _ in range(n):
             token = self.token()
-            for _use in range(2):
+            for _use in range(CHECK_OFFERS + 1):
                 headers = {"Authorization": f"Bearer {token}"}
                 async with http.post(self.url + "/v1/offer", headers=headers,
                                      json={"sdp": self.offer_sdp, "type": "offer"}) as resp:

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from netprobe import exitcodes
 from netprobe.config import Settings, load_settings, override, server_url_problem
+from netprobe.core.result import CheckResult
 from netprobe.errors import ConfigError, NetprobeError
 from netprobe.signals import on_stop_signals, remove_stop_signals
 
@@ -63,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--max-duration", type=float, metavar="S",
                        help="hard cap on the check in seconds (default 15)")
     check.add_argument("--no-progress", action="store_true", help="no live progress line")
+    check.add_argument("--thorough", action="store_true",
+                       help="for support staff: after the check, a sustained TCP speed test "
+                            "each way against the same reflector (about 12 s more)")
+    check.add_argument("--public-speedtest", action="store_true",
+                       help="with --thorough: run the TCP speed test against speedtest.net's "
+                            "servers instead of the reflector (contacts speedtest.net, which "
+                            "then sees this machine's address)")
     check.set_defaults(func=_cmd_check)
 
     agent = sub.add_parser("agent", help="run the background agent (clinics)",
@@ -183,9 +191,12 @@ def _server_urls(values: list[str]) -> tuple[str, ...]:
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from netprobe.cli.report import EXIT_CODES, render_text
-    from netprobe.webrtc.client import run_check
+    from netprobe.webrtc.client import run_check, run_check_attempts
     from netprobe.webrtc.engine import restrict_to_loopback_if_local
 
+    if args.public_speedtest and not args.thorough:
+        raise ConfigError("--public-speedtest goes with --thorough (it chooses what the "
+                          "thorough TCP speed test runs against)")
     if args.max_duration is not None:
         settings = replace(settings, probe=override(settings.probe, "--max-duration",
                                                     max_duration_s=args.max_duration))
@@ -205,6 +216,17 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     settings = replace(settings, access_token=token.strip())
     show = _ProgressLine(sys.stderr.isatty() and not args.no_progress)
 
+    async def with_tcp(result: CheckResult, url: str | None) -> CheckResult:
+        """--thorough: the sustained TCP test against `url` (the reflector that took the
+        check) or speedtest.net; whatever happens, in `tcp`, never in the verdict."""
+        if not args.thorough:
+            return result
+        from netprobe.tcpreport import tcp_report
+
+        show("Measuring TCP speed each way (about 12 s more)…")
+        return replace(result, tcp=await tcp_report(url, settings.access_token or None,
+                                                    public=args.public_speedtest))
+
     async def check() -> object:
         if args.local:
             from netprobe.webrtc.reflector import Reflector
@@ -214,12 +236,16 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             restrict_to_loopback_if_local(reflector.settings.host)
             await reflector.start()
             try:
-                return await run_check(reflector.url, settings, local=True, on_progress=show)
+                result = await run_check(reflector.url, settings, local=True,
+                                         on_progress=show)
+                return await with_tcp(result, reflector.url)
             finally:
                 await reflector.stop()
         for url in servers:
             restrict_to_loopback_if_local(url)
-        return await run_check(servers, settings, on_progress=show)
+        result, attempts = await run_check_attempts(servers, settings, on_progress=show)
+        took = [a.url for a in attempts if a.outcome == "answered"]
+        return await with_tcp(result, took[-1] if took else None)
 
     try:
         result = _run_until_stopped(check)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from netprobe import exitcodes
 from netprobe.core.classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
 from netprobe.core.metrics import DirectionMetrics
@@ -59,10 +61,34 @@ def render_text(result: CheckResult) -> str:
             lines.append(f"  {'Voice':<10}quality {m.mos_audio:.1f} of 5 (estimate)")
         lines.append(f"  {'Certainty':<10}{v.confidence:.0%}, in {result.duration_s:.1f} s")
         lines.append("")
+    if result.tcp is not None:
+        lines += _tcp_lines(result.tcp)
     if result.local:
         lines.append("Note: this was a self-test against a test server on this computer. It "
                      "shows netprobe works here; it did not test your internet connection.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _kbps(kbps: float | None) -> str:
+    if kbps is None:
+        return "not measured in time"
+    return f"{kbps / 1000:.1f} Mbit/s" if kbps >= 1000 else f"{kbps:.0f} kbit/s"
+
+
+def _tcp_lines(tcp: dict[str, Any]) -> list[str]:
+    """The "TCP speed test" section: capacity over TCP, not what a call gets."""
+    against = "speedtest.net" if tcp.get("against") == "speedtest.net" else "the test server"
+    lines = [f"TCP speed test (against {against}; the line's capacity, not what a call gets):"]
+    error = tcp.get("error")
+    if error:
+        lines += [f"  {'Result':<10}could not run: {error.get('message', '')}", ""]
+        return lines
+    lines.append(f"  {'Upload':<10}{_kbps(tcp.get('up_kbps'))}")
+    lines.append(f"  {'Download':<10}{_kbps(tcp.get('down_kbps'))}")
+    if tcp.get("latency_ms") is not None:
+        lines.append(f"  {'Latency':<10}{tcp['latency_ms']:.0f} ms (speedtest-cli's figure)")
+    lines += [f"  {'Took':<10}{tcp.get('duration_s', 0):.1f} s", ""]
+    return lines
 
 
 def render_progress(p: Progress | str) -> str:

@@ -2,9 +2,9 @@
 
 With `--workers 1` the reflector is this one process; with more (the default on Linux: one per
 usable core) this process supervises worker processes (netprobe.webrtc.workers). Either way
-SIGTERM or Ctrl-C drains it (a second one stops it at once), SIGHUP reloads the TLS pair and
-the token secret file, and the exit status is 0 once it has stopped (1 if it could not listen
-or its workers kept failing, 2 for a configuration error).
+SIGTERM or Ctrl-C drains it (a second one stops it at once), SIGHUP reloads the TLS pair,
+the token secret file and the TURN secret file, and the exit status is 0 once it has stopped
+(1 if it could not listen or its workers kept failing, 2 for a configuration error).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ _FLAGS = (("--host", "host", "host"), ("--port", "port", "port"),
           ("--open", "open", "open"), ("--workers", "workers", "workers"),
           ("--drain-timeout", "drain_timeout_s", "drain_timeout"),
           ("--tls-cert", "tls_cert_file", "tls_cert"), ("--tls-key", "tls_key_file", "tls_key"),
-          ("--public-address", "public_address", "public_address"))
+          ("--public-address", "public_address", "public_address"),
+          ("--turn-url", "turn_urls", "turn_url"),
+          ("--turn-secret-file", "turn_secret_file", "turn_secret_file"))
 
 
 def add_parser(sub: Any) -> None:
@@ -74,6 +76,14 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--public-address", metavar="ADDR",
                        help="behind a 1:1 NAT: the public IPv4/IPv6 address to advertise in "
                             "the answers' host candidates (ports kept)")
+    serve.add_argument("--turn-url", action="append", metavar="URL",
+                       help="a TURN relay (coturn with use-auth-secret) to hand out to clients "
+                            "with a valid token, e.g. turn:turn.clinic.example:3478 or "
+                            "turns:turn.clinic.example:443; repeat in the order clients should "
+                            "try them (replaces [reflector] turn_urls; docs/reflector.md)")
+    serve.add_argument("--turn-secret-file", metavar="PATH",
+                       help="file holding coturn's static-auth-secret (mode 0600), which signs "
+                            "the TURN credentials; needed with --turn-url")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -105,6 +115,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     changes = {key: getattr(args, dest) for _, key, dest in _FLAGS
                if getattr(args, dest) is not None}
+    if "turn_urls" in changes:  # repeated flag: a list, the settings keep a tuple
+        changes["turn_urls"] = tuple(changes["turn_urls"])
     found = problem(replace(settings.reflector, **changes))
     if found is not None and found[0] in changes:  # a flag's value: the message names it
         flag = next(f for f, key, _ in _FLAGS if key == found[0])

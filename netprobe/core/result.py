@@ -28,6 +28,16 @@ class CheckResult:
     """The reflector URL, only when privacy.log_addresses is on."""
     ladder: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per direction, each rung judged: rate sent, delivered, passed."""
+    path: str | None = None
+    """What carried the measurement: `direct`, `relay_udp`, `relay_tcp` or `relay_tls`; None
+    when no connection was made (docs/check-format.md, "Paths")."""
+    paths_tried: tuple[dict[str, Any], ...] = ()
+    """Each path tried in order: `{"path": ..., "outcome": ..., "detail": ...}`."""
+    connect: dict[str, Any] | None = None
+    """What the connection attempt measured (STUN checks sent and answered, UDP packets from
+    the reflector), when it says something the figures do not (udp_blocked, a failed link)."""
+    tcp: dict[str, Any] | None = None
+    """The TCP speed test (speedtest-cli), when one ran: `--thorough`, or UDP blocked."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,4 +52,8 @@ class CheckResult:
             "local": self.local,
             "server": self.server,
             "ladder": self.ladder,
+            "path": self.path,
+            "paths_tried": list(self.paths_tried),
+            "connect": self.connect,
+            "tcp": self.tcp,
         }

@@ -65,6 +65,7 @@ EVENTS: Final[Mapping[str, tuple[str, ...]]] = {
     "reflector_reload_failed": ("what", "error"),
     "offer_refused": ("reason", "status", "source"),
     "speedtest_refused": ("reason", "status"),
+    "turn_checked": ("url", "urls", "transport", "outcome", "error"),
     "probe_session_started": ("session", "kind", "source"),
     "probe_session_connected": ("session", "kind", "connect_s"),
     "probe_session_ended": ("session", "kind", "reason", "duration_s", "bytes_sent",

@@ -14,17 +14,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-from aiortc import RTCSessionDescription
-
 from netprobe.config import Settings
 from netprobe.core.classify import UNKNOWN, Reason, Verdict, classify
+from netprobe.core.connect import combined, relayed_reason, too_lossy_verdict, udp_blocked_reason
 from netprobe.core.failover import (
     Attempt,
-    Outcome,
-    bounded_retry_after,
     most_telling,
-    moves_on,
     server_list,
 )
 from netprobe.core.metrics import LinkMetrics
@@ -42,7 +37,6 @@ from netprobe.core.wire import (
 from netprobe.errors import (
     AccessDenied,
     ConnectFailed,
-    NetprobeError,
     ProtocolError,
     RateLimited,
     ServerBusy,
@@ -55,6 +49,8 @@ from netprobe.webrtc.engine import (
     install_tap,
     prefer_test_codecs,
 )
+from netprobe.webrtc.paths import Connected, PathFailed, connect_check
+from netprobe.webrtc.signalling import Peer, connect_offer
 
 logger = logging.getLogger(__name__)
 
@@ -62,96 +58,12 @@ ECHO_BATCH_S = 0.025
 """Echoes that arrive within this long of the session's last run are judged together (an echo
 comes every few milliseconds; judging each alone tripled a check's CPU for no better timing)."""
 
-#: With more URLs left to try, the longest a TCP connection to one reflector may take: a refused
-#: connection fails at once, but a host whose packets vanish would otherwise cost the whole
-#: connect budget (the kernel's SYN retries run for minutes).
-TCP_CONNECT_CAP_S = 2.0
-#: With more URLs left to try, the longest to wait for one reflector's answer to an offer (an
-#: answer takes milliseconds; up to ~5 s when the reflector gathers STUN candidates).
-ANSWER_CAP_S = 4.0
-
 
 def _failure(reason: Reason, started_at: datetime, t0: float, local: bool,
              server: str | None) -> CheckResult:
     verdict = Verdict(UNKNOWN, 0.0, (reason,))
     return CheckResult(verdict, LinkMetrics(), started_at, time.monotonic() - t0, local=local,
                        server=server)
-
-
-class _Peer:
-    """A check's peer connection and its two test tracks (a fresh set per reflector whose
-    answer, or lack of one, may have left a session behind there)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.pc = create_peer_connection(settings.probe.ice_servers)
-        self.probe_track = PacketTrack("audio")
-        self.load_track = PacketTrack("video")
-        self.pc.addTransceiver(self.probe_track, direction="sendrecv")
-        self.pc.addTransceiver(self.load_track, direction="sendrecv")
-        prefer_test_codecs(self.pc)
-
-
-class _AttemptFailed(Exception):
-    """One URL of an attempt failed with `error`; `offer_unused`: the reflector certainly made
-    no session of the offer (it refused it, or was never reached), so it may go elsewhere."""
-
-    def __init__(self, error: NetprobeError, offer_unused: bool,
-                 retry_after_s: int | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.offer_unused = offer_unused
-        self.retry_after_s = retry_after_s
-        """A 503's or 429's Retry-After (bounded)."""
-
-
-def _outcome(error: NetprobeError) -> Outcome:
-    if isinstance(error, AccessDenied):
-        return "denied"
-    if isinstance(error, RateLimited):
-        return "rate_limited"
-    return "busy" if isinstance(error, ServerBusy) else "unreachable"
-
-
-async def _offer_in_turn(urls: tuple[str, ...], settings: Settings, deadline: float,
-                         attempts: list[Attempt]) -> tuple[_Peer, str]:
-    """Offer to each URL in turn until one answers (`core.failover`: move on only when it is
-    unreachable, busy or rate-limiting). Returns the peer, its answer applied, and the URL;
-    raises the most telling failure. Every attempt is appended to `attempts`."""
-    peer: _Peer | None = None
-    failures: list[tuple[Attempt, NetprobeError]] = []
-    try:
-        for i, url in enumerate(urls):
-            last = i == len(urls) - 1
-            if peer is None:
-                peer = _Peer(settings)
-                await peer.pc.setLocalDescription(await peer.pc.createOffer())
-            left = deadline - time.monotonic()
-            try:
-                body = await _post_offer(
-                    peer.pc, url, settings.probe.max_duration_s if last
-                    else max(0.5, min(ANSWER_CAP_S, left / 2)), "check",
-                    settings.access_token, None if last else TCP_CONNECT_CAP_S)
-            except _AttemptFailed as failed:
-                exc = failed.error
-                attempt = Attempt(url, _outcome(exc), bounded_retry_after(failed.retry_after_s))
-                attempts.append(attempt)
-                failures.append((attempt, exc))
-                logger.info("reflector %d of %d: %s", i + 1, len(urls), attempt.outcome)
-                if last or not moves_on(attempt.outcome):
-                    telling = most_telling(a for a, _ in failures)
-                    raise next(e for a, e in failures if a is telling) from None
-                if not failed.offer_unused:
-                    await peer.pc.close()
-                    peer = None
-                continue
-            attempts.append(Attempt(url, "answered"))
-            await _apply_answer(peer.pc, body)
-            return peer, url
-        raise ServerUnreachable("no reflector URL was given")
-    except BaseException:
-        if peer is not None:
-            await peer.pc.close()
-        raise
 
 
 async def run_check(
@@ -192,42 +104,33 @@ async def run_check_attempts(
     attempts: list[Attempt] = []
     session: ClientSession | None = None
     pacers: list[Pacer] = []
-    peer: _Peer | None = None
+    peer: Peer | None = None
 
     def failure(reason: Reason) -> tuple[CheckResult, tuple[Attempt, ...]]:
         return _failure(reason, started_at, t0, local, shown_server), tuple(attempts)
 
     try:
+        conn: Connected | None = None
         try:
             connect_s = min(cfg.connect_timeout_s, cfg.max_duration_s - 1)
-            async with asyncio.timeout(connect_s):
+            async with asyncio.timeout(connect_s + 0.5):  # connect_check keeps to connect_s
                 progress("connecting")
-                peer, url = await _offer_in_turn(urls, settings, t0 + connect_s, attempts)
+                conn = await connect_check(urls, settings, t0 + connect_s, attempts)
+                peer = conn.peer
                 if settings.privacy.log_addresses:
-                    shown_server = url
+                    shown_server = conn.url
                 pc = peer.pc
-                connected = asyncio.Event()
-                if pc.connectionState == "connected":
-                    connected.set()
-
-                @pc.on("connectionstatechange")
-                def on_state() -> None:
-                    if pc.connectionState in ("connected", "failed", "closed"):
-                        connected.set()
-
-                await connected.wait()
-                if pc.connectionState != "connected":
-                    raise ConnectFailed("the WebRTC connection to the test server failed")
+        except PathFailed as failed:
+            if settings.privacy.log_addresses:
+                shown_server = failed.url
+            return await _path_failure(failed, settings, started_at, t0, local,
+                                       shown_server), tuple(attempts)
         except TimeoutError:
             telling = most_telling(attempts)
             if telling is not None and telling.outcome in ("busy", "rate_limited"):
                 # an earlier reflector's answer says more than the last one's silence
                 return failure(_busy_reason(telling))
-            return failure(Reason(
-                "connect_timeout",
-                "The test server could not be reached in time. The connection may be down or "
-                "very poor; if it stays like this, call your therapist by phone.",
-            ))
+            return failure(CONNECT_TIMEOUT)
         except AccessDenied as exc:
             return failure(_access_reason(exc))
         except RateLimited as exc:
@@ -235,11 +138,7 @@ async def run_check_attempts(
         except ServerBusy:
             return failure(_busy_reason(Attempt("", "busy")))
         except (ServerUnreachable, ConnectFailed, ProtocolError) as exc:
-            return failure(Reason(
-                "server_unreachable",
-                f"The test server could not be reached ({exc}). Check that you are online; "
-                f"if you cannot get online, call your therapist by phone.",
-            ))
+            return failure(_unreachable(str(exc)))
 
         now = time.monotonic()
         session = ClientSession(cfg, settings.thresholds, now, check_deadline(t0, cfg))
@@ -274,16 +173,66 @@ async def run_check_attempts(
             session.stopped_early
         metrics = session.metrics()
         verdict = classify(metrics, settings.thresholds)
+        note = relayed_reason(conn.path)
+        if note is not None:
+            verdict = Verdict(verdict.verdict, verdict.confidence, (*verdict.reasons, note))
         return CheckResult(
             verdict, metrics, started_at, time.monotonic() - t0, stopped_early=stopped_early,
             local=local, server=shown_server,
             ladder={"up": _ladder_json(session.up), "down": _ladder_json(session.down)},
+            path=conn.path, paths_tried=tuple(conn.tried), connect=conn.connect_json(),
         ), tuple(attempts)
     finally:
         for pacer in pacers:
             await pacer.stop()
         if peer is not None:
             await peer.pc.close()
+
+
+CONNECT_TIMEOUT = Reason(
+    "connect_timeout",
+    "The test server could not be reached in time. The connection may be down or very poor; "
+    "if it stays like this, call your therapist by phone.")
+
+
+def _unreachable(detail: str) -> Reason:
+    return Reason(
+        "server_unreachable",
+        f"The test server could not be reached ({detail}). Check that you are online; if you "
+        f"cannot get online, call your therapist by phone.")
+
+
+#: A check that finds UDP blocked answers within this long of its start, TCP test included.
+UDP_BLOCKED_ANSWER_S = 5.5
+
+
+async def _path_failure(failed: PathFailed, settings: Settings, started_at: datetime,
+                        t0: float, local: bool, server: str | None) -> CheckResult:
+    """The result of a check whose streams found no path (`paths.PathFailed`)."""
+    evidence = failed.evidence
+    tcp: dict[str, Any] | None = None
+    if failed.judgement == "too_lossy":
+        verdict = too_lossy_verdict(combined(evidence, failed.tcp_evidence),
+                                    settings.thresholds.audio)
+    elif failed.judgement == "udp_blocked":
+        budget = max(1.0, UDP_BLOCKED_ANSWER_S - (time.monotonic() - t0))
+        tcp = await tcp_report(failed.url, settings.access_token or None, budget_s=budget)
+        verdict = Verdict(UNKNOWN, 0.0, (udp_blocked_reason(tcp),))
+    elif failed.judgement == "failed":
+        verdict = Verdict(UNKNOWN, 0.0, (_unreachable(
+            "the WebRTC connection to the test server failed"),))
+    else:
+        verdict = Verdict(UNKNOWN, 0.0, (CONNECT_TIMEOUT,))
+    return CheckResult(verdict, LinkMetrics(), started_at, time.monotonic() - t0, local=local,
+                       server=server, paths_tried=tuple(failed.tried),
+                       connect=failed.connect_json(), tcp=tcp)
+
+
+async def tcp_report(url: str, token: str | None, *, budget_s: float) -> dict[str, Any]:
+    """The quick TCP speed test (`netprobe.tcpreport`; speedtest-cli only when needed)."""
+    from netprobe.tcpreport import tcp_report as report
+
+    return await report(url, token, budget_s=budget_s)
 
 
 def _busy_reason(attempt: Attempt) -> Reason:
@@ -333,91 +282,6 @@ def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
     ]
 
 
-async def _connect(pc: Any, server_url: str, cap_s: float, mode: str = "check",
-                   token: str = "") -> None:
-    """Offer/answer over HTTP, with `Authorization: Bearer token` if a token is given.
-    Raises ServerUnreachable, ServerBusy, RateLimited, AccessDenied or ProtocolError."""
-    await pc.setLocalDescription(await pc.createOffer())
-    try:
-        body = await _post_offer(pc, server_url, cap_s, mode, token, None)
-    except _AttemptFailed as failed:
-        raise failed.error from None
-    await _apply_answer(pc, body)
-
-
-async def _post_offer(pc: Any, server_url: str, cap_s: float, mode: str, token: str,
-                      tcp_connect_s: float | None) -> dict[str, Any]:
-    """POST the offer already set as `pc`'s local description; the answer's JSON body. Raises
-    _AttemptFailed (ServerUnreachable, ServerBusy, RateLimited, AccessDenied, ProtocolError)."""
-    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "mode": mode}
-    url = server_url.rstrip("/") + "/v1/offer"
-    timeout = aiohttp.ClientTimeout(total=cap_s, sock_connect=tcp_connect_s)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            headers = {"Authorization": f"Bearer {token}"} if token else None
-            async with http.post(url, json=offer, headers=headers) as resp:
-                retry = _retry_after(resp.headers.get("Retry-After"))
-                if resp.status == 503:  # busy, too_many_sessions or draining
-                    raise _AttemptFailed(ServerBusy("the test server is busy"), True, retry)
-                if resp.status == 429:
-                    raise _AttemptFailed(RateLimited(
-                        "the test server asked us to slow down", retry), True, retry)
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
-                if resp.status in (401, 403):
-                    raise _AttemptFailed(_access_denied(resp.status, body), True)
-                if resp.status != 200:
-                    detail = body.get("error", {}).get("message") if isinstance(body, dict) \
-                        else None
-                    detail = detail[:200] if isinstance(detail, str) else None
-                    raise _AttemptFailed(ServerUnreachable(
-                        f"the test server answered HTTP {resp.status}"
-                        + (f": {detail}" if detail else "")), True)
-    except aiohttp.InvalidURL:
-        raise _AttemptFailed(ServerUnreachable("the server address is not a valid URL"),
-                             True) from None
-    except aiohttp.ClientConnectorError:
-        raise _AttemptFailed(ServerUnreachable("nothing answered at the server address"),
-                             True) from None
-    except TimeoutError:  # aiohttp's own limits (an outer timeout comes as a cancellation)
-        raise _AttemptFailed(ServerUnreachable(
-            f"the test server did not answer within {cap_s:.0f} s"), False) from None
-    except aiohttp.ClientError as exc:
-        raise _AttemptFailed(ServerUnreachable(
-            f"the connection to the server failed: {type(exc).__name__}"), False) from None
-    if not isinstance(body, dict) or body.get("type") != "answer" or not isinstance(
-            body.get("sdp"), str):
-        raise _AttemptFailed(ProtocolError("the server's answer is not a valid SDP answer"),
-                             False)
-    return body
-
-
-async def _apply_answer(pc: Any, body: dict[str, Any]) -> None:
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
-    except Exception as exc:
-        raise ProtocolError("the server's SDP answer could not be used") from exc
-
-
-def _retry_after(value: str | None) -> int | None:
-    """The Retry-After header's seconds, bounded to 1 h; None if absent or not a number (an
-    HTTP date is not worth parsing here)."""
-    if value is None or not (value.strip().isascii() and value.strip().isdigit()):
-        return None
-    return max(1, min(3600, int(value.strip()[:6])))
-
-
-def _access_denied(status: int, body: Any) -> AccessDenied:
-    code = "unauthorized" if status == 401 else "forbidden"
-    error = body.get("error") if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    if not isinstance(message, str) or not message:
-        message = "no valid access token" if status == 401 else "the token does not allow it"
-    return AccessDenied(message[:300], code)  # a hostile server's text: bounded
-
-
 class MonitorLink:
     """A long-lived, gentle probe stream to the reflector for watching a session: probes only
     (no bitrate ladder), every echo handed to `on_echo(echo, now)`."""
@@ -462,7 +326,7 @@ class MonitorLink:
 
         try:
             async with asyncio.timeout(timeout):
-                await _connect(pc, self._url, timeout, mode="monitor",
+                await connect_offer(pc, self._url, timeout, mode="monitor",
                                token=self._settings.access_token)
                 await connected.wait()
             if pc.connectionState != "connected":

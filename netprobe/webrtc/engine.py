@@ -33,7 +33,7 @@ from aiortc import (
 )
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from netprobe.config import IceServer
@@ -170,8 +170,10 @@ def install_tap(receiver: RTCRtpReceiver, kind: str, handler: PacketHandler) -> 
     receiver._handle_rtp_packet = tap  # type: ignore[method-assign]
 
 
-def create_peer_connection(ice_servers: tuple[IceServer, ...] = ()) -> RTCPeerConnection:
-    """A peer connection with host candidates only unless STUN/TURN servers are configured.
+def create_peer_connection(ice_servers: tuple[IceServer, ...] = (), *,
+                           relay_only: bool = False) -> RTCPeerConnection:
+    """A peer connection with host candidates only unless STUN/TURN servers are configured
+    (with `relay_only`, relay candidates only: only the first TURN server counts in aioice).
 
     `iceServers=[]` matters: aiortc's default would contact Google's STUN server. A URL
     aiortc cannot parse raises `ConfigError` here (the config loader rejects them first;
@@ -184,7 +186,8 @@ def create_peer_connection(ice_servers: tuple[IceServer, ...] = ()) -> RTCPeerCo
             raise ConfigError(f"ICE server {server.urls!r}: {exc}") from None
     servers = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
                for s in ice_servers]
-    return RTCPeerConnection(RTCConfiguration(iceServers=servers,
+    policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy,
                                               bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
 

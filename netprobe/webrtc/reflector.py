@@ -5,7 +5,8 @@ reports liveness and load. Every error is a JSON `{"error": {"code", "message"}}
 or 503 status; no request can take the server down. Each session has a hard time limit and
 the number of concurrent sessions is capped; peer connections are closed on failure, on
 timeout and on shutdown. `drain()` stops it gracefully (docs/reflector.md, "Drain"); with a
-TLS pair it serves https and `reload()` loads the pair (and the token secret) again. As one of
+TLS pair it serves https and `reload()` loads the pair (and the token and TURN secrets) again;
+`GET /v1/ice` and the answer hand out TURN credentials (netprobe.webrtc.reflector_turn). As one of
 several worker processes (netprobe.webrtc.workers) it reports the figures of them all.
 """
 
@@ -59,6 +60,7 @@ from netprobe.webrtc.reflector_ops import (
     transport_bytes,
 )
 from netprobe.webrtc.reflector_session import ReflectorSession
+from netprobe.webrtc.reflector_turn import TurnRelay, handle_ice
 from netprobe.webrtc.speedtest_mini import add_speedtest_routes
 from netprobe.webrtc.worker_share import PUBLISH_EVERY_S, WorkerShare
 
@@ -87,6 +89,8 @@ class Reflector:
         self.gate = Gate(load_keys(secret) if secret else None, settings.open, settings.host,
                          share.replay if share else None)
         """Which offers need which access token (netprobe.tokens); reads the secret file."""
+        self.turn = TurnRelay(settings, log_addresses=log_addresses, share=share)
+        """TURN credentials for clients and the relay self-check (reads coturn's secret)."""
         self.tls = tls_context(settings.tls_cert_file, settings.tls_key_file) \
             if settings.tls_cert_file else None
         """The TLS context served (None: http); `reload()` loads its pair again."""
@@ -104,6 +108,7 @@ class Reflector:
         self.app = web.Application(middlewares=[self._observe, json_errors],
                                    client_max_size=settings.max_body_bytes)
         self.app.router.add_post("/v1/offer", self.handle_offer)
+        self.app.router.add_get("/v1/ice", self.handle_ice)
         self.app.router.add_get("/healthz", self.handle_health)
         self.app.router.add_get("/metrics", self.handle_metrics)
         self.app.on_shutdown.append(self._on_shutdown)
@@ -137,9 +142,11 @@ class Reflector:
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         if self.share is not None:
             self._publisher = asyncio.get_running_loop().create_task(self._publish())
+        self.turn.start()  # the TURN self-check, in the background
 
     async def stop(self) -> None:
         """Close every session and stop listening, at once (`drain()` is the gentle way)."""
+        await self.turn.stop()
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
             publisher.cancel()
@@ -183,6 +190,7 @@ class Reflector:
         """SIGHUP: load the TLS pair and the token secret file again; a bad new file keeps
         the old one (logged as an error). Never raises."""
         reload_files(self.settings, self.tls, self.gate)
+        self.turn.reload()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self._close_all()
@@ -224,7 +232,12 @@ class Reflector:
             return json_error(403, "forbidden", "metrics are only served to the addresses in "
                               "[reflector] metrics_from")
         whole = self.share.whole if self.share else self.settings
-        return metrics_response(render_metrics(self.snapshot(), limits_from(whole)))
+        return metrics_response(render_metrics(self.snapshot(), limits_from(whole))
+                                + self.turn.metrics())
+
+    async def handle_ice(self, request: web.Request) -> web.Response:
+        """`GET /v1/ice`: TURN credentials for a client allowed to offer (reflector_turn)."""
+        return await handle_ice(self.turn, self.gate, self.admission, request, self.draining)
 
     @web.middleware
     async def _observe(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -293,7 +306,7 @@ class Reflector:
             return json_error(decision.status, decision.code, decision.message,
                               headers={"Retry-After": str(retry)} if retry else None)
         try:
-            self.gate.consume(grant, time.time())  # a check token is spent once taken on
+            self.gate.consume(grant, time.time())  # takes one of a check token's offers
         except AccessRefused as exc:
             self.admission.release(source, kind)
             return refused(exc)
@@ -341,10 +354,11 @@ class Reflector:
         sdp = answer.sdp
         if self.settings.public_address:  # behind a 1:1 NAT: advertise the public address
             sdp = rewrite_host_candidates(sdp, self.settings.public_address)
-        return web.json_response({
-            "sdp": sdp, "type": answer.type, "session": session_id,
-            "time_limit_s": limit,
-        })
+        reply: dict[str, Any] = {"sdp": sdp, "type": answer.type, "session": session_id,
+                                 "time_limit_s": limit}
+        if self.turn.enabled:  # the relays to re-offer over if no direct path works
+            reply["ice_servers"] = self.turn.servers(kind, time.time())
+        return web.json_response(reply)
 
     async def _expire(self, session: ReflectorSession) -> None:
         """Close `session` if it has not connected within `connect_timeout_s` (an offer that

@@ -6,8 +6,11 @@ The workers share no session and no lock. Each one writes a snapshot of its coun
 worker's `/metrics` and `/healthz` answer sums its own figures with the other workers' files and
 with `retired.json`, the counters of workers that have exited (the supervisor folds a dead
 worker's last snapshot in there before it starts the replacement, so the sums never go back).
-A check token is spent once per reflector, not once per worker: spending it also creates a
-file named after its `jti`'s hash with `O_EXCL`, which only one process can do.
+A check token's offers (`tokens.CHECK_OFFERS` within `tokens.CHECK_RETRY_S` of the first) are
+counted per reflector, not per worker: each offer also creates a file named after its `jti`'s
+hash with `O_EXCL`, which only one process can do: `<hash>` for the first (holding its time),
+`<hash>.2`, `<hash>.3` for the retries. The reflector's TURN self-check (worker 0's) is kept in
+`turn.json` for every worker's `/metrics`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import os
 from pathlib import Path
 
 from netprobe.settings import ReflectorSettings
-from netprobe.tokens import LEEWAY_S, ReplayCache
+from netprobe.tokens import CHECK_OFFERS, CHECK_RETRY_S, LEEWAY_S, ReplayCache
 from netprobe.webrtc.reflector_ops import Snapshot
 
 logger = logging.getLogger(__name__)
 
 RETIRED = "retired.json"
+TURN = "turn.json"
 TOKENS = "spent-tokens"
 PUBLISH_EVERY_S = 1.0
 """How often a worker writes its snapshot (so `/metrics` lags the other workers by about this)."""
@@ -87,6 +91,23 @@ class WorkerShare:
         """Forget spent tokens that have expired (their files), from time to time."""
         self.replay.tidy(now)
 
+    def publish_turn(self, ok: dict[str, int]) -> None:
+        """Record the TURN self-check's outcome per URL (`{"1": 1, "2": 0}`) for all workers."""
+        try:
+            _write_whole(self.run_dir / TURN, ok)
+        except OSError as exc:
+            logger.warning("cannot write the TURN self-check: %s", exc.strerror or exc)
+
+    def turn(self) -> dict[str, int]:
+        """The latest TURN self-check outcome any worker recorded (empty: none yet)."""
+        try:
+            doc = json.loads((self.run_dir / TURN).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {str(k): int(v) for k, v in doc.items() if v in (0, 1)}
+
 
 def retire(run_dir: Path | str, index: int) -> None:
     """Fold the exited worker `index`'s last snapshot into `retired.json` (supervisor side)."""
@@ -108,7 +129,7 @@ def retire(run_dir: Path | str, index: int) -> None:
 
 class SharedReplayCache(ReplayCache):
     """`tokens.ReplayCache` whose record is also kept in a directory every worker shares: a
-    check token spent by one worker is refused by all."""
+    check token's offers are counted across the workers (see the module's doc)."""
 
     TIDY_EVERY_S = 60.0
 
@@ -119,26 +140,67 @@ class SharedReplayCache(ReplayCache):
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=0o700)
 
-    def _path(self, jti: str) -> Path:
-        return self.directory / hashlib.sha256(jti.encode()).hexdigest()[:40]
+    def _path(self, jti: str, offer: int = 1) -> Path:
+        name = hashlib.sha256(jti.encode()).hexdigest()[:40]
+        return self.directory / (name if offer == 1 else f"{name}.{offer}")
+
+    def _first(self, jti: str, now: float) -> float | None:
+        """When the token's first offer was taken by any worker (None: not yet). A record
+        being written this instant reads as `now`."""
+        try:
+            text = self._path(jti).read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return now
+        try:
+            return float(text)
+        except ValueError:
+            return now
 
     def used(self, jti: str, now: float) -> bool:
-        return super().used(jti, now) or self._path(jti).exists()
+        if super().used(jti, now):
+            return True
+        first = self._first(jti, now)
+        return first is not None and (now - first > CHECK_RETRY_S
+                                      or self._path(jti, CHECK_OFFERS).exists())
+
+    def _create(self, path: Path, exp: float, text: str) -> bool:
+        """Create `path` exclusively (holding `text`, its mtime `exp`: when it may go); False
+        if it exists. Raises OSError if the record cannot be kept."""
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.utime(path, (exp, exp))
+        return True
+
+    def _take(self, jti: str, exp: float, now: float) -> bool:
+        """Take the token's next offer in the shared record; False if none is left."""
+        if self._create(self._path(jti), exp, repr(now)):
+            return True
+        first = self._first(jti, now)
+        if first is not None and now - first > CHECK_RETRY_S:
+            return False
+        return any(self._create(self._path(jti, offer), exp, "")
+                   for offer in range(2, CHECK_OFFERS + 1))
 
     def use(self, jti: str, exp: float, now: float) -> bool:
         if not super().use(jti, exp, now):
             return False
         try:
-            fd = os.open(self._path(jti), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            return False  # another worker took it first
+            taken = self._take(jti, exp, now)
         except OSError as exc:  # the record cannot be kept: this process's still is
             logger.warning("cannot record a spent check token: %s", exc.strerror or exc)
             return True
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.utime(self._path(jti), (exp, exp))  # its mtime: when it may be forgotten
-        return True
+        if not taken:  # other workers took its offers first
+            self.exhaust(jti)
+        return taken
 
     def tidy(self, now: float) -> None:
         if now - self._tidied_at < self.TIDY_EVERY_S:
@@ -152,4 +214,3 @@ class SharedReplayCache(ReplayCache):
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime <= now - LEEWAY_S:
                     os.unlink(entry.path)
-
