@@ -177,3 +177,25 @@ async def test_tcp_handshakes_count_first_tries_and_ignore_a_closed_port() -> No
     await closed.stop()
     refused = closed.evidence(time.monotonic())
     assert refused.answered == 0 and refused.settled == 0  # refusals are not loss
+
+
+def test_the_text_report_names_a_relay_path() -> None:
+    from datetime import UTC, datetime
+
+    from netprobe.cli.report import render_text
+    from netprobe.core.classify import Verdict, classify
+    from netprobe.core.connect import relayed_reason
+    from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+    from netprobe.core.result import CheckResult
+
+    d = DirectionMetrics(kbps=3200, kbps_at_least=True, loss_pct=0.0, jitter_ms=2, packets=900)
+    m = LinkMetrics(connected=True, rtt_ms=30, up=d, down=d, mos_audio=4.3)
+    v = classify(m)
+    note = relayed_reason("relay_tls")
+    assert note is not None
+    result = CheckResult(Verdict(v.verdict, v.confidence, (*v.reasons, note)), m,
+                         datetime.now(UTC), 5.0, path="relay_tls")
+    text = render_text(result)
+    assert "through the clinic's relay, over an encrypted web connection" in text
+    assert "blocks the usual path for video calls" in text
+    assert "Path" not in render_text(CheckResult(v, m, datetime.now(UTC), 5.0, path="direct"))

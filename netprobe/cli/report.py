@@ -60,6 +60,8 @@ def render_text(result: CheckResult) -> str:
         if m.mos_audio is not None:
             lines.append(f"  {'Voice':<10}quality {m.mos_audio:.1f} of 5 (estimate)")
         lines.append(f"  {'Certainty':<10}{v.confidence:.0%}, in {result.duration_s:.1f} s")
+        if result.path in _PATH_WORDS:
+            lines.append(f"  {'Path':<10}{_PATH_WORDS[result.path]}")
         lines.append("")
     if result.tcp is not None:
         lines += _tcp_lines(result.tcp)
@@ -67,6 +69,14 @@ def render_text(result: CheckResult) -> str:
         lines.append("Note: this was a self-test against a test server on this computer. It "
                      "shows netprobe works here; it did not test your internet connection.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+_PATH_WORDS = {
+    "relay_udp": "through the clinic's relay",
+    "relay_tcp": "through the clinic's relay, over an ordinary web connection (TCP)",
+    "relay_tls": "through the clinic's relay, over an encrypted web connection (TLS)",
+}
+"""How the test streams travelled, when not directly (docs/check-format.md, "Paths")."""
 
 
 def _kbps(kbps: float | None) -> str:

@@ -44,13 +44,10 @@ from netprobe.errors import (
 )
 from netprobe.webrtc.engine import (
     Pacer,
-    PacketTrack,
-    create_peer_connection,
     install_tap,
-    prefer_test_codecs,
 )
 from netprobe.webrtc.paths import Connected, PathFailed, connect_check
-from netprobe.webrtc.signalling import Peer, connect_offer
+from netprobe.webrtc.signalling import Peer
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +281,8 @@ def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
 
 class MonitorLink:
     """A long-lived, gentle probe stream to the reflector for watching a session: probes only
-    (no bitrate ladder), every echo handed to `on_echo(echo, now)`."""
+    (no bitrate ladder), every echo handed to `on_echo(echo, now)`. It finds its path as a
+    check does (`paths.connect_check`: direct, else the clinic's relay)."""
 
     def __init__(self, server_url: str, settings: Settings, interval_s: float,
                  on_echo: Callable[[Any, float], None]) -> None:
@@ -292,20 +290,32 @@ class MonitorLink:
         self._settings = settings
         self._interval = interval_s
         self._on_echo = on_echo
-        self._pc = create_peer_connection(settings.probe.ice_servers)
-        self._track = PacketTrack("audio")
+        self._peer: Peer | None = None
         self._pacer: Pacer | None = None
         self._seq = 0
+        self.path: str | None = None
+        """`direct` or a relay path once connected."""
         self.failed = asyncio.Event()
         """Set when the connection fails or closes."""
 
     async def connect(self, timeout: float) -> None:
-        """Connect, or raise ServerUnreachable/ServerBusy/ProtocolError/ConnectFailed/
-        TimeoutError (the link is closed again on failure)."""
-        pc = self._pc
-        pc.addTransceiver(self._track, direction="sendrecv")
-        pc.addTransceiver(PacketTrack("video"), direction="sendrecv")
-        prefer_test_codecs(pc)
+        """Connect, or raise ServerUnreachable/ServerBusy/RateLimited/AccessDenied/
+        ProtocolError/ConnectFailed/TimeoutError (the link is closed again on failure)."""
+        try:
+            async with asyncio.timeout(timeout + 0.5):  # connect_check keeps to `timeout`
+                conn = await connect_check((self._url,), self._settings,
+                                           time.monotonic() + timeout, [], mode="monitor")
+        except PathFailed as failed:
+            self.failed.set()
+            words = {"udp_blocked": "the network blocks UDP and no relay connected",
+                     "too_lossy": "the link loses too much to connect"}
+            raise ConnectFailed("the monitoring connection found no path: "
+                                + words.get(failed.judgement, failed.judgement)) from None
+        except BaseException:
+            self.failed.set()
+            raise
+        self._peer, self.path = conn.peer, conn.path
+        pc = conn.peer.pc
 
         def on_audio(payload: bytes, now: float) -> None:
             if packet_type(payload) == TYPE_ECHO:
@@ -314,27 +324,17 @@ class MonitorLink:
         for transceiver in pc.getTransceivers():
             install_tap(transceiver.receiver, transceiver.kind,
                         on_audio if transceiver.kind == "audio" else (lambda p, n: None))
-        connected = asyncio.Event()
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
-            if pc.connectionState == "connected":
-                connected.set()
-            elif pc.connectionState in ("failed", "closed"):
-                connected.set()
+            if pc.connectionState in ("failed", "closed"):
                 self.failed.set()
 
-        try:
-            async with asyncio.timeout(timeout):
-                await connect_offer(pc, self._url, timeout, mode="monitor",
-                               token=self._settings.access_token)
-                await connected.wait()
-            if pc.connectionState != "connected":
-                raise ConnectFailed("the monitoring connection failed")
-        except BaseException:
+        if pc.connectionState != "connected":
             await self.close()
-            raise
-        self._pacer = Pacer(self._track, lambda now: (self._interval, self._next_probe))
+            raise ConnectFailed("the monitoring connection failed")
+        self._pacer = Pacer(conn.peer.probe_track,
+                            lambda now: (self._interval, self._next_probe))
         self._pacer.start()
 
     def _next_probe(self, sent_at: float) -> bytes:
@@ -349,12 +349,15 @@ class MonitorLink:
     @property
     def state(self) -> str:
         """How the connection stands, in words (`connectionState` and ICE state)."""
-        return (f"is {self._pc.connectionState} "
-                f"(ICE {self._pc.iceConnectionState})")
+        if self._peer is None:
+            return "is not connected"
+        pc = self._peer.pc
+        return f"is {pc.connectionState} (ICE {pc.iceConnectionState})"
 
     async def close(self) -> None:
         if self._pacer is not None:
             await self._pacer.stop()
             self._pacer = None
-        await self._pc.close()
+        if self._peer is not None:
+            await self._peer.pc.close()
         self.failed.set()

@@ -284,12 +284,12 @@ async def _best_relay(preps: dict[str, asyncio.Task[Peer]], remaining: list[str]
 
 
 async def _signal(urls: tuple[str, ...], settings: Settings, deadline: float,
-                  attempts: list[Attempt]) -> tuple[Peer, str, dict[str, Any],
-                                                    ConnectEvidence | None]:
+                  attempts: list[Attempt], mode: str) -> tuple[Peer, str, dict[str, Any],
+                                                               ConnectEvidence | None]:
     """`offer_in_turn`, with TCP handshakes counted once the answer is slow in coming
     (`tcpprobe.py`); raises PathFailed("too_lossy") when they show a link too lossy for a
     call, before or at the deadline, and what `offer_in_turn` raises otherwise."""
-    offer = asyncio.ensure_future(offer_in_turn(urls, settings, deadline, attempts))
+    offer = asyncio.ensure_future(offer_in_turn(urls, settings, deadline, attempts, mode))
     prober: TcpProber | None = None
     t = settings.thresholds.audio
     try:
@@ -322,12 +322,12 @@ async def _signal(urls: tuple[str, ...], settings: Settings, deadline: float,
 
 
 async def connect_check(urls: tuple[str, ...], settings: Settings, deadline: float,
-                        attempts: list[Attempt]) -> Connected:
+                        attempts: list[Attempt], mode: str = "check") -> Connected:
     """Offer to the first of `urls` that takes the check (`signalling.offer_in_turn`), then
     find a path to it: direct, else a relay. Raises what `offer_in_turn` raises, or
-    PathFailed."""
+    PathFailed. `mode`: `check`, or `monitor` for the agent's monitoring stream."""
     offered_at = time.monotonic()
-    peer, url, body, before = await _signal(urls, settings, deadline, attempts)
+    peer, url, body, before = await _signal(urls, settings, deadline, attempts, mode)
     relays = relay_servers(settings, body)
     preps: dict[str, asyncio.Task[Peer]] = {}
     tried: list[dict[str, Any]] = []
@@ -366,7 +366,7 @@ async def connect_check(urls: tuple[str, ...], settings: Settings, deadline: flo
                 logger.info("relay %s: %s", kind, failed.detail)
                 tried.append({"path": kind, "outcome": failed.outcome, "detail": failed.detail})
                 continue
-            connected = await _offer_relay(relay, url, settings, deadline, kind, tried)
+            connected = await _offer_relay(relay, url, settings, deadline, kind, tried, mode)
             if connected:
                 kept = relay
                 return Connected(relay, url, kind, tried, evidence, selected_pair(relay.pc),
@@ -394,14 +394,14 @@ async def connect_check(urls: tuple[str, ...], settings: Settings, deadline: flo
 
 
 async def _offer_relay(relay: Peer, url: str, settings: Settings, deadline: float, kind: str,
-                       tried: list[dict[str, Any]]) -> bool:
+                       tried: list[dict[str, Any]], mode: str) -> bool:
     """Offer `relay`'s description to the reflector again and wait for it to connect."""
     left = deadline - time.monotonic()
     if left <= 0.2:
         tried.append({"path": kind, "outcome": "timeout", "detail": "no time left"})
         return False
     try:
-        body = await post_offer(relay.pc, url, left, "check", settings.access_token, None)
+        body = await post_offer(relay.pc, url, left, mode, settings.access_token, None)
         await apply_answer(relay.pc, body)
     except AttemptFailed as failed:
         tried.append({"path": kind, "outcome": "offer_refused", "detail": str(failed.error)})

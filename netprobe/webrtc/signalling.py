@@ -85,11 +85,12 @@ def _outcome(error: NetprobeError) -> Outcome:
 
 
 async def offer_in_turn(urls: tuple[str, ...], settings: Settings, deadline: float,
-                         attempts: list[Attempt]) -> tuple[Peer, str]:
-    """Offer to each URL in turn until one answers (`core.failover`: move on only when it is
-    unreachable, busy or rate-limiting). Returns the peer, its answer applied, the URL and
-    the answer's JSON body;
-    raises the most telling failure. Every attempt is appended to `attempts`."""
+                        attempts: list[Attempt], mode: str = "check",
+                        ) -> tuple[Peer, str, dict[str, Any]]:
+    """Offer (`mode` `check` or `monitor`) to each URL in turn until one answers
+    (`core.failover`: move on only when it is unreachable, busy or rate-limiting). Returns
+    the peer, its answer applied, the URL and the answer's JSON body; raises the most telling
+    failure. Every attempt is appended to `attempts`."""
     peer: Peer | None = None
     failures: list[tuple[Attempt, NetprobeError]] = []
     try:
@@ -102,7 +103,7 @@ async def offer_in_turn(urls: tuple[str, ...], settings: Settings, deadline: flo
             try:
                 body = await post_offer(
                     peer.pc, url, settings.probe.max_duration_s if last
-                    else max(0.5, min(ANSWER_CAP_S, left / 2)), "check",
+                    else max(0.5, min(ANSWER_CAP_S, left / 2)), mode,
                     settings.access_token, None if last else TCP_CONNECT_CAP_S)
             except AttemptFailed as failed:
                 exc = failed.error
