@@ -199,3 +199,31 @@ def test_the_text_report_names_a_relay_path() -> None:
     assert "through the clinic's relay, over an encrypted web connection" in text
     assert "blocks the usual path for video calls" in text
     assert "Path" not in render_text(CheckResult(v, m, datetime.now(UTC), 5.0, path="direct"))
+
+
+async def test_relays_that_answer_garbage_are_recorded_and_passed_over(
+        reflector: Reflector, black_hole: int, settings: Settings) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 this is not TURN, nor TLS\r\n\r\n" * 50)
+        await writer.drain()
+        await reader.read(65536)  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = _Proxy(reflector.url, black_hole, [
+        {"urls": f"turn:127.0.0.1:{port}?transport=tcp", "username": "1:x", "credential": "y"},
+        {"urls": f"turns:127.0.0.1:{port}?transport=tcp", "username": "1:x",
+         "credential": "y"},
+    ])
+    runner, url = await _serve_proxy(proxy)
+    try:
+        doc = (await run_check(url, settings)).to_json()
+    finally:
+        await runner.cleanup()
+        server.close()
+    assert doc["verdict"] == "unknown" and doc["reasons"][0]["code"] == "udp_blocked"
+    tried = {t["path"]: t for t in doc["paths_tried"]}
+    assert tried["relay_tcp"]["outcome"] in ("garbage", "timeout", "unreachable")
+    assert tried["relay_tls"]["outcome"] == "tls_error"
+    assert all(t.get("detail") for t in doc["paths_tried"][1:])
