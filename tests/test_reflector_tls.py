@@ -1,15 +1,13 @@
 """`netprobe serve --tls-cert/--tls-key`: a real check over https with the test CA trusted
 (SSL_CERT_FILE for the `netprobe check` process), SIGHUP swapping the served certificate (the
 peer certificate's fingerprint), a bad replacement keeping the old one, and a bad pair at start
-a clear error; SIGHUP reloading the token secret file the same way. Certificates are made here
-with `cryptography` (installed with aiortc)."""
+a clear error; SIGHUP reloading the token secret file the same way. Certificates come from
+`netprobe.lab.certs.ThrowawayCA` (`cryptography`, installed with aiortc)."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import json
 import shutil
 import socket
@@ -22,56 +20,13 @@ from typing import Any
 import aiohttp
 import pytest
 from agent_support import until
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from offers import offer_sdp
 from procs import CHILD_ENV, NETPROBE, free_port, serve, stop
 
+from netprobe.lab.certs import ThrowawayCA
 from netprobe.tokens import Keyring, issue
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _name(text: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-
-class FakeCA:
-    """A throwaway (but real) CA that signs certificates for 127.0.0.1."""
-
-    def __init__(self, directory: Path) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(_name("netprobe test CA"))
-                     .issuer_name(_name("netprobe test CA")).public_key(self.key.public_key())
-                     .serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(minutes=5))
-                     .not_valid_after(now + datetime.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-                     .sign(self.key, hashes.SHA256()))
-        self.file = directory / "ca.pem"
-        self.file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, cert_path: Path, key_path: Path) -> str:
-        """Write a server certificate and its key; returns the certificate's SHA-256."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1"))
-                .issuer_name(self.cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-                .sign(self.key, hashes.SHA256()))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        key_path.chmod(0o600)
-        return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def served_fingerprint(port: int, ca: Path) -> str:
@@ -85,7 +40,7 @@ def served_fingerprint(port: int, ca: Path) -> str:
 
 
 async def test_a_check_over_https_and_sighup_swaps_the_certificate(tmp_path: Path) -> None:
-    ca = FakeCA(tmp_path)
+    ca = ThrowawayCA(tmp_path)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     first = ca.issue(cert, key)
     port = free_port()
@@ -128,7 +83,7 @@ async def test_a_check_over_https_and_sighup_swaps_the_certificate(tmp_path: Pat
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sighup_reloads_the_certificate_in_every_worker(tmp_path: Path,
                                                               workers: str) -> None:
-    ca = FakeCA(tmp_path)
+    ca = ThrowawayCA(tmp_path)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     ca.issue(cert, key)
     port = free_port()
@@ -146,7 +101,7 @@ async def test_sighup_reloads_the_certificate_in_every_worker(tmp_path: Path,
 
 @pytest.mark.parametrize("problem", ["mismatch", "missing", "one_only", "not_pem"])
 def test_a_bad_pair_at_start_is_a_clear_error(tmp_path: Path, problem: str) -> None:
-    ca = FakeCA(tmp_path)
+    ca = ThrowawayCA(tmp_path)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     ca.issue(cert, key)
     ca.issue(tmp_path / "other.pem", tmp_path / "other.key")

@@ -27,7 +27,12 @@ DIRECT_WINDOW_S = 2.0
 """How long after the answer the direct path gets before a check that has had no UDP packet
 back at all calls UDP blocked (and moves to a relay, when the reflector offers one); longer
 when the offer's own HTTP exchange took longer than 1 s (`ConnectEvidence.window_s`)."""
-RELAY_PREPARE_AFTER_S = 0.8
+RELAY_WINDOW_S = 1.2
+"""The same window once a relay has allocated: calling UDP blocked wrongly then costs only a
+check measured over the relay (still right for the link), not a wrong `unknown`."""
+MIN_BLOCKED_SENT_RELAY = 20
+"""STUN requests that must have gone unanswered before moving to a relay that is ready."""
+RELAY_PREPARE_AFTER_S = 0.5
 """With nothing back this long after the answer, the client starts allocating on the relays
 (in parallel, without offering yet), so that a relay is ready when the window ends."""
 MIN_BLOCKED_SENT = 30
@@ -63,11 +68,14 @@ class ConnectEvidence:
     answer_s: float = 0.0
     """How long the offer's HTTP exchange took (at least a round trip or two): on a link
     slower than that, the window for UDP to come back grows with it (`window_s`)."""
+    relay_ready: bool = False
+    """A relay has allocated and could take the check at once."""
 
     @property
     def window_s(self) -> float:
         """How long UDP gets to come back before it is called blocked."""
-        return max(DIRECT_WINDOW_S, self.answer_s + 1.0)
+        return max(RELAY_WINDOW_S if self.relay_ready else DIRECT_WINDOW_S,
+                   self.answer_s + 1.0)
 
     @property
     def round_trip_success(self) -> float | None:
@@ -138,7 +146,7 @@ def combined(stun: ConnectEvidence | None, tcp: ConnectEvidence | None) -> Conne
                            answered=stun.answered + tcp.answered,
                            inbound=stun.inbound + tcp.inbound,
                            rtt_ms=stun.rtt_ms if stun.rtt_ms is not None else tcp.rtt_ms,
-                           answer_s=stun.answer_s)
+                           answer_s=stun.answer_s, relay_ready=stun.relay_ready)
 
 
 def _too_lossy(e: ConnectEvidence, t: AudioThresholds) -> bool:
@@ -161,7 +169,8 @@ def judge_direct(e: ConnectEvidence, t: AudioThresholds,
     loses too much to hold a call. `before`: the TCP handshakes' evidence from signalling,
     which counts towards the loss (never towards UDP being blocked)."""
     if e.inbound == 0 and e.answered == 0:
-        if e.since_s >= e.window_s and e.sent >= MIN_BLOCKED_SENT:
+        if e.since_s >= e.window_s and e.sent >= (
+                MIN_BLOCKED_SENT_RELAY if e.relay_ready else MIN_BLOCKED_SENT):
             return "udp_blocked"
         return "wait"
     return "too_lossy" if _too_lossy(combined(e, before), t) else "wait"

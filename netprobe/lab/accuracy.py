@@ -5,7 +5,10 @@
 `judge` (pure) compares the result with the profile's expectation: the verdict, and the
 measured RTT, loss and throughput against the link's true values within the tolerances of
 issue 3 (RTT ±10 % or ±5 ms, random loss ±1.5 points up to 10 %, throughput −30 %/+10 % of a
-rate below the probe's ceiling, never `video` on a link that cannot hold it).
+rate below the probe's ceiling, never `video` on a link that cannot hold it), and the
+expected reason codes and media path (issue 9). On a profile with ``relay``, coturn runs
+beside the reflector (`netprobe.lab.coturn`), the reflector hands out its credentials and the
+client trusts its TLS certificate.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from netprobe.config import ProbeSettings
 from netprobe.core import pacing
 from netprobe.core.pacing import probe_wire_bytes, serialisation_ms
+from netprobe.lab.coturn import start_coturn
 from netprobe.lab.errors import LabError
 from netprobe.lab.linklab import LinkLab
 from netprobe.lab.profiles import Profile
@@ -56,6 +62,10 @@ class AccuracyRow:
     exit_code: int
     stderr: str = ""
     problems: list[str] = field(default_factory=list)
+    expected_reasons: tuple[str, ...] = ()
+    """Reason codes the result must carry (all of them)."""
+    expected_path: str | None = None
+    """The media path the result must report; None: not judged."""
 
     @property
     def verdict_ok(self) -> bool:
@@ -82,6 +92,12 @@ def judge(row: AccuracyRow) -> list[str]:
         problems.append(f"verdict {row.verdict}, expected {'/'.join(row.expected)}")
     if row.verdict == "video" and "video" not in row.expected:
         problems.append("VIDEO on a link that cannot hold video")
+    got_reasons = _reason_codes(row.result.get("reasons"))
+    missing = [code for code in row.expected_reasons if code not in got_reasons]
+    if missing:
+        problems.append(f"reasons {sorted(got_reasons) or '[]'} lack {', '.join(missing)}")
+    if row.expected_path is not None and row.result.get("path") != row.expected_path:
+        problems.append(f"path {row.result.get('path')}, expected {row.expected_path}")
     m = row.result.get("metrics") or {}
     rtt = m.get("rtt_ms")
     # On a trace the bottleneck delivers only at the trace's opportunities, so the idle RTT
@@ -106,6 +122,18 @@ def judge(row: AccuracyRow) -> list[str]:
     return problems
 
 
+def _reason_codes(reasons: Any) -> set[str]:
+    """The codes of a result's ``reasons``: a list of codes, or of objects with a ``code``."""
+    if not isinstance(reasons, list):
+        return set()
+    codes = set()
+    for reason in reasons:
+        code = reason.get("code") if isinstance(reason, dict) else reason
+        if isinstance(code, str):
+            codes.add(code)
+    return codes
+
+
 async def start_reflector(lab: LinkLab, port: int = PORT, timeout: float = 20.0,
                           args: Sequence[str] = ("--open",)) -> asyncio.subprocess.Process:
     """`netprobe serve` on the lab's server address, once it says it is listening. Its
@@ -127,16 +155,25 @@ async def start_reflector(lab: LinkLab, port: int = PORT, timeout: float = 20.0,
 async def check_on_profile(
     profile: Profile, *, check_args: Sequence[str] = (), timeout: float = 45.0,
 ) -> AccuracyRow:
-    """Run `netprobe serve` and `netprobe check --json` over `profile`'s emulated link."""
+    """Run `netprobe serve` and `netprobe check --json` over `profile`'s emulated link (with
+    coturn beside the reflector if the profile has ``relay``)."""
     expect = profile.expect
-    async with LinkLab(profile) as lab:
-        await start_reflector(lab, PORT)
-        t0 = time.monotonic()
-        client = await lab.exec_client(
-            *NETPROBE, "check", "--server", f"http://{lab.server_addr}:{PORT}", "--json",
-            *check_args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(client.communicate(), timeout)
-        wall = time.monotonic() - t0
+    with tempfile.TemporaryDirectory(prefix="netprobe-lab-") as scratch:
+        async with LinkLab(profile) as lab:
+            reflector_args: list[str] = ["--open"]
+            client_env: dict[str, str] = {}
+            if profile.relay:
+                turn = await start_coturn(lab, Path(scratch) / "coturn")
+                reflector_args += turn.reflector_args()
+                client_env.update(turn.client_env())
+            await start_reflector(lab, PORT, args=reflector_args)
+            t0 = time.monotonic()
+            client = await lab.exec_client(
+                *NETPROBE, "check", "--server", f"http://{lab.server_addr}:{PORT}", "--json",
+                *check_args, env=client_env, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(client.communicate(), timeout)
+            wall = time.monotonic() - t0
     try:
         result = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -153,6 +190,8 @@ async def check_on_profile(
         trace=profile.up.trace is not None or profile.down.trace is not None,
         exit_code=client.returncode if client.returncode is not None else -1,
         stderr=err.decode(errors="replace")[-2000:],
+        expected_reasons=expect.reasons if expect else (),
+        expected_path=expect.path if expect else None,
     )
     row.problems.extend(judge(row))
     return row

@@ -33,8 +33,23 @@ logger = logging.getLogger(__name__)
 _READ_BATCH = 256  # packets read per readiness callback before yielding to the loop
 _MAX_PACKET = 65535
 
+#: IP protocol number (IPv4 ``protocol``, IPv6 ``next header``) of UDP.
+IPPROTO_UDP = 17
+
 _CLOCK_MONOTONIC = 1
 _TFD_TIMER_ABSTIME = 1
+
+
+def is_udp(packet: bytes) -> bool:
+    """Whether an IP packet carries UDP: IPv4 protocol 17 (every fragment of a UDP datagram
+    carries it) or IPv6 next header 17 (the fixed header's; extension headers are not
+    followed). Too short to tell: False."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4:
+        return len(packet) >= 20 and packet[9] == IPPROTO_UDP
+    if version == 6:
+        return len(packet) >= 40 and packet[6] == IPPROTO_UDP
+    return False
 
 
 class _Timespec(ctypes.Structure):
@@ -150,7 +165,7 @@ class Forwarder:
     def stats(self) -> LabStats:
         """Counters so far (zeros before `start`)."""
         if self._up is None or self._down is None:
-            zero = LinkStats(0, 0, 0, 0, 0, 0, 0, 0)
+            zero = LinkStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
             return LabStats(zero, zero, 0, 0)
         return LabStats(
             self._up.link.stats(), self._down.link.stats(), self._ignored, self._write_errors
@@ -179,6 +194,7 @@ class Forwarder:
 
     def _on_readable(self, fd: int, direction: _Direction) -> None:
         submit = direction.link.submit
+        block_udp = direction.link.config.block_udp
         clock = time.monotonic
         for _ in range(_READ_BATCH):
             try:
@@ -191,7 +207,7 @@ class Forwarder:
             if not packet or packet[0] >> 4 != 4:
                 self._ignored += 1
                 continue
-            submit(packet, len(packet), clock())
+            submit(packet, len(packet), clock(), udp=block_udp and is_udp(packet))
         self._service(direction, clock())
 
     def _on_timer(self, direction: _Direction) -> None:

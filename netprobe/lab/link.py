@@ -20,7 +20,9 @@ A packet goes through, in order:
    ``mm-link``.
 
 A packet due for release inside an outage window is dropped too, so nothing at all crosses the
-link during an outage.
+link during an outage. With ``block_udp``, a packet the caller marks as UDP (``submit(...,
+udp=True)``; the forwarder reads the IP header) is dropped on arrival, before everything else,
+as a firewall that lets only TCP out would do.
 
 Trace semantics follow mahimahi's ``LinkQueue`` exactly: each line of a trace is one delivery
 opportunity of 1504 bytes (mahimahi's ``PACKET_SIZE``, the largest TUN frame: a 1500-byte IP
@@ -125,6 +127,9 @@ class LinkConfig:
     """Windows ``(start_s, end_s)`` from the lab's start during which every packet is lost."""
     seed: int | None = None
     """Seed of the loss and jitter random generators (None: fresh random seeds)."""
+    block_udp: bool = False
+    """Drop every UDP datagram (IPv4 protocol 17 / IPv6 next header 17) in this direction, as
+    a firewall that blocks UDP does; TCP and the rest pass. Counted in ``dropped_blocked``."""
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms", "jitter_hold_ms"):
@@ -188,6 +193,8 @@ class LinkStats:
     """Packets in the bottleneck queue now (including the one being sent)."""
     in_flight: int
     """Packets past the bottleneck, waiting out their delay."""
+    dropped_blocked: int = 0
+    """Packets dropped because their protocol is blocked (``block_udp``)."""
 
 
 class Link(Generic[P]):
@@ -219,6 +226,7 @@ class Link(Generic[P]):
         self._last_release = -math.inf
         self._submitted = self._delivered = self._delivered_bytes = 0
         self._dropped_loss = self._dropped_queue = self._dropped_outage = 0
+        self._dropped_blocked = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -238,13 +246,18 @@ class Link(Generic[P]):
             dropped_outage=self._dropped_outage,
             queued=len(self._queue) + (self._tx is not None),
             in_flight=len(self._line),
+            dropped_blocked=self._dropped_blocked,
         )
 
-    def submit(self, packet: P, size: int, now: float) -> bool:
-        """A packet of ``size`` IP bytes arrives at ``now``. False if it was dropped."""
+    def submit(self, packet: P, size: int, now: float, *, udp: bool = False) -> bool:
+        """A packet of ``size`` IP bytes arrives at ``now`` (``udp``: it is a UDP datagram,
+        which ``block_udp`` drops). False if it was dropped."""
         self._advance(now)
         self._submitted += 1
         cfg = self._config
+        if udp and cfg.block_udp:
+            self._dropped_blocked += 1
+            return False
         if cfg.outages and self._in_outage(now):
             self._dropped_outage += 1
             return False

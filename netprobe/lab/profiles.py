@@ -33,6 +33,8 @@ _TRACES_HINT = f" (set {TRACES_ENV} to the directory that holds the traces)"
 
 #: Verdicts a pre-session check can give (``unknown`` when it could not measure at all).
 VERDICTS = ("video", "audio_only", "phone", "unknown")
+#: Paths a check's media can take (the result's ``path``): direct, or through the TURN relay.
+PATHS = ("direct", "relay_udp", "relay_tcp", "relay_tls")
 
 _LINK_KEYS = {f.name for f in dataclasses.fields(LinkConfig)} - {"trace_name"}
 _GILBERT_KEYS = {f.name for f in dataclasses.fields(GilbertElliott)}
@@ -82,6 +84,10 @@ class Expectation:
     """Bottleneck capacity client to server in kbit/s (mean for a trace; None: unlimited)."""
     rate_down_kbps: float | None = None
     """Bottleneck capacity server to client in kbit/s (mean for a trace; None: unlimited)."""
+    reasons: tuple[str, ...] = ()
+    """Reason codes that must all appear in the result's ``reasons`` (others may too)."""
+    path: str | None = None
+    """The ``path`` the result must report (one of `PATHS`); None: not judged."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,9 @@ class Profile:
     """Changes mid-run, in increasing ``start_s`` order."""
     expect: Expectation | None = None
     """What a pre-session check should conclude; None if not stated."""
+    relay: bool = False
+    """A TURN server (coturn) runs beside the reflector in the server namespace, with UDP,
+    TCP and TLS listeners, and the reflector hands out its credentials."""
 
     def __post_init__(self) -> None:
         starts = [p.start_s for p in self.phases]
@@ -235,10 +244,15 @@ def _build(path: Path, table: dict[str, Any], name: str) -> Profile:
     body = table[name]
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(where, body, {"description", "up", "down", "links_from", "phases", "expect"})
+    _check_keys(
+        where, body, {"description", "up", "down", "links_from", "phases", "expect", "relay"}
+    )
     description = body.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}.description: expected a string")
+    relay = body.get("relay", False)
+    if not isinstance(relay, bool):
+        raise ConfigError(f"{where}.relay: expected true or false, got {relay!r}")
     up, down = _links(path, table, name, body, where)
     phases = []
     raw_phases = body.get("phases", [])
@@ -256,7 +270,7 @@ def _build(path: Path, table: dict[str, Any], name: str) -> Profile:
         phases.append(Phase(start_s=start, up=phase_up, down=phase_down))
     expect = _expectation(where + ".expect", body["expect"]) if "expect" in body else None
     try:
-        return Profile(name, description, up, down, tuple(phases), expect)
+        return Profile(name, description, up, down, tuple(phases), expect, relay)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -289,7 +303,7 @@ def _link_config(path: Path, where: str, raw: Any) -> LinkConfig:
         raise ConfigError(f"{where}: expected a table")
     _check_keys(where, raw, _LINK_KEYS)
     kwargs: dict[str, Any] = {}
-    for key in ("delay_ms", "jitter_ms", "loss_pct", "rate_kbps"):
+    for key in ("delay_ms", "jitter_ms", "jitter_hold_ms", "loss_pct", "rate_kbps"):
         if key in raw:
             kwargs[key] = _number(f"{where}.{key}", raw[key])
     for key in ("queue_packets", "queue_bytes", "seed"):
@@ -298,10 +312,11 @@ def _link_config(path: Path, where: str, raw: Any) -> LinkConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{key}: expected a whole number, got {value!r}")
             kwargs[key] = value
-    if "reorder" in raw:
-        if not isinstance(raw["reorder"], bool):
-            raise ConfigError(f"{where}.reorder: expected true or false, got {raw['reorder']!r}")
-        kwargs["reorder"] = raw["reorder"]
+    for key in ("reorder", "block_udp"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError(f"{where}.{key}: expected true or false, got {raw[key]!r}")
+            kwargs[key] = raw[key]
     if "gilbert" in raw:
         ge = raw["gilbert"]
         if not isinstance(ge, dict):
@@ -374,10 +389,17 @@ def _expectation(where: str, raw: Any) -> Expectation:
         raise ConfigError(
             f"{where}.verdicts: expected a non-empty list drawn from {list(VERDICTS)}"
         )
+    reasons = raw.get("reasons", [])
+    if not isinstance(reasons, list) or any(not isinstance(r, str) or not r for r in reasons):
+        raise ConfigError(f"{where}.reasons: expected a list of reason codes (strings)")
+    path = raw.get("path")
+    if path is not None and path not in PATHS:
+        raise ConfigError(f"{where}.path: expected one of {list(PATHS)}, got {path!r}")
     values = {
-        key: _number(f"{where}.{key}", raw[key]) for key in fields - {"verdicts"} if key in raw
+        key: _number(f"{where}.{key}", raw[key])
+        for key in fields - {"verdicts", "reasons", "path"} if key in raw
     }
-    return Expectation(verdicts=tuple(verdicts), **values)
+    return Expectation(verdicts=tuple(verdicts), reasons=tuple(reasons), path=path, **values)
 
 
 def _check_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:

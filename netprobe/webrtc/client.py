@@ -16,7 +16,13 @@ from typing import Any
 
 from netprobe.config import Settings
 from netprobe.core.classify import UNKNOWN, Reason, Verdict, classify
-from netprobe.core.connect import combined, relayed_reason, too_lossy_verdict, udp_blocked_reason
+from netprobe.core.connect import (
+    combined,
+    judge_final,
+    relayed_reason,
+    too_lossy_verdict,
+    udp_blocked_reason,
+)
 from netprobe.core.failover import (
     Attempt,
     most_telling,
@@ -170,6 +176,12 @@ async def run_check_attempts(
             session.stopped_early
         metrics = session.metrics()
         verdict = classify(metrics, settings.thresholds)
+        if verdict.verdict == UNKNOWN and judge_final(
+                conn.evidence or combined(None, None), settings.thresholds.audio,
+                conn.tcp_evidence) == "too_lossy":
+            # connected too late, over a link too lossy to measure: what the attempt saw
+            verdict = too_lossy_verdict(combined(conn.evidence, conn.tcp_evidence),
+                                        settings.thresholds.audio)
         note = relayed_reason(conn.path)
         if note is not None:
             verdict = Verdict(verdict.verdict, verdict.confidence, (*verdict.reasons, note))

@@ -20,7 +20,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aioice import stun
@@ -231,7 +231,7 @@ async def _state_change(pc: Any, timeout: float) -> None:
 
 
 async def _direct(peer: Peer, prober: StunProber, settings: Settings, deadline: float,
-                  start_relays: Callable[[], None], before: ConnectEvidence | None) -> str:
+                  start_relays: Callable[[], bool], before: ConnectEvidence | None) -> str:
     """Wait for the direct path: `connected`, or the judgement that ends it."""
     pc = peer.pc
     t = settings.thresholds.audio
@@ -240,14 +240,14 @@ async def _direct(peer: Peer, prober: StunProber, settings: Settings, deadline: 
         if pc.connectionState == "connected":
             return "connected"
         evidence = prober.evidence(now)
+        if evidence.inbound == 0 and evidence.answered == 0 \
+                and evidence.since_s >= RELAY_PREPARE_AFTER_S + evidence.window_s \
+                - DIRECT_WINDOW_S:
+            evidence = replace(evidence, relay_ready=start_relays())
         if pc.connectionState in ("failed", "closed"):
             final = judge_final(evidence, t, before)
             return final if final != "timeout" else "failed"
         if prober.available:
-            if evidence.inbound == 0 and evidence.answered == 0 \
-                    and evidence.since_s >= RELAY_PREPARE_AFTER_S + evidence.window_s \
-                    - DIRECT_WINDOW_S:
-                start_relays()
             judgement = judge_direct(evidence, t, before)
             if judgement != "wait":
                 return judgement
@@ -335,11 +335,14 @@ async def connect_check(urls: tuple[str, ...], settings: Settings, deadline: flo
     prober.start()
     kept: Peer | None = None
 
-    def start_relays() -> None:
+    def start_relays() -> bool:
+        """Start allocating on every relay not started yet; True once one has allocated."""
         for kind, server in relays.items():
             if kind not in preps:
                 preps[kind] = asyncio.get_running_loop().create_task(
                     prepare_relay(settings, server))
+        return any(t.done() and not t.cancelled() and t.exception() is None
+                   for t in preps.values())
 
     try:
         outcome = await _direct(peer, prober, settings, deadline, start_relays, before)

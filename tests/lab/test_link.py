@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netprobe.errors import ConfigError
+from netprobe.lab.forwarder import is_udp
 from netprobe.lab.link import GilbertElliott, Link, LinkConfig
 from netprobe.lab.profiles import Phase, Profile, TraceUnavailable, load_trace
 
@@ -335,6 +336,66 @@ def test_reconfigure_rate_to_trace() -> None:
         link.submit(i, 1500, 0.0)
     link.reconfigure(LinkConfig(trace=(1,), queue_packets=None), 0.0005)
     assert [r for _, r in drain(link)] == pytest.approx([0.001, 0.002, 0.003])
+
+
+# -- blocking UDP ----------------------------------------------------------------------------
+
+
+def test_block_udp_drops_udp_only_and_counts_it() -> None:
+    link: Link[int] = Link(LinkConfig(delay_ms=10, block_udp=True), epoch=0.0)
+    kinds = [True, False, True, True, False]  # udp?
+    accepted = [link.submit(i, 100, i * 0.001, udp=udp) for i, udp in enumerate(kinds)]
+    assert accepted == [not udp for udp in kinds]
+    assert [p for p, _ in drain(link)] == [1, 4]
+    stats = link.stats()
+    assert (stats.submitted, stats.delivered, stats.dropped_blocked) == (5, 2, 3)
+    assert stats.dropped_loss == stats.dropped_queue == stats.dropped_outage == 0
+
+
+def test_udp_passes_unless_blocked_and_blocking_is_decided_before_loss() -> None:
+    link: Link[int] = Link(LinkConfig(delay_ms=1), epoch=0.0)
+    assert all(link.submit(i, 100, i * 0.001, udp=True) for i in range(10))
+    assert link.stats().dropped_blocked == 0
+    # a blocked datagram draws no loss decision: the rest see the same losses as without it
+    lossy = LinkConfig(loss_pct=50, seed=7)
+    plain: Link[int] = Link(lossy, epoch=0.0)
+    mixed: Link[int] = Link(replace(lossy, block_udp=True), epoch=0.0)
+    kept_plain = [i for i in range(200) if plain.submit(i, 100, i * 0.001)]
+    kept_mixed = []
+    for i in range(200):
+        mixed.submit(-1, 100, i * 0.001, udp=True)
+        if mixed.submit(i, 100, i * 0.001):
+            kept_mixed.append(i)
+    assert kept_plain == kept_mixed
+    assert mixed.stats().dropped_blocked == 200
+
+
+def test_block_udp_can_be_switched_by_a_phase() -> None:
+    link: Link[int] = Link(LinkConfig(), epoch=0.0)
+    assert link.submit(0, 100, 0.0, udp=True)
+    link.reconfigure(LinkConfig(block_udp=True), 1.0)
+    assert not link.submit(1, 100, 1.0, udp=True) and link.submit(2, 100, 1.0)
+    link.reconfigure(LinkConfig(), 2.0)
+    assert link.submit(3, 100, 2.0, udp=True)
+    assert [p for p, _ in drain(link)] == [0, 2, 3]
+
+
+def _ipv4(protocol: int, length: int = 28) -> bytes:
+    header = bytearray(20)
+    header[0], header[9] = 0x45, protocol
+    return bytes(header) + bytes(length - 20)
+
+
+def test_is_udp_reads_the_ip_header() -> None:
+    assert is_udp(_ipv4(17)) and not is_udp(_ipv4(6)) and not is_udp(_ipv4(1))
+    ipv6 = bytearray(48)
+    ipv6[0], ipv6[6] = 0x60, 17
+    assert is_udp(bytes(ipv6))
+    ipv6[6] = 6
+    assert not is_udp(bytes(ipv6))
+    # too short to be a header, or not IP at all: not UDP (and no exception)
+    assert not is_udp(b"") and not is_udp(_ipv4(17)[:19]) and not is_udp(b"\x60" + bytes(8))
+    assert not is_udp(bytes(40))
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -66,6 +66,32 @@ def test_degrade_midrun_phases(profiles: dict[str, netprobe.lab.Profile]) -> Non
     assert profile.links_at(60) == (clean.up, clean.down)
 
 
+def test_udp_blocking_and_connect_breaking_profiles(
+    profiles: dict[str, netprobe.lab.Profile]
+) -> None:
+    for name in ("udp-blocked", "udp-blocked-relay", "udp-blocked-relay-slow-up"):
+        profile = profiles[name]
+        assert profile.up.block_udp and profile.down.block_udp, name
+        assert profile.relay == (name != "udp-blocked"), name
+        assert profile.expect is not None and "udp_blocked" in profile.expect.reasons, name
+    assert profiles["udp-blocked"].expect.verdicts == ("unknown",)  # type: ignore[union-attr]
+    for name, verdict in (("udp-blocked-relay", "video"),
+                          ("udp-blocked-relay-slow-up", "audio_only")):
+        expect = profiles[name].expect
+        assert expect is not None and expect.verdicts == (verdict,)
+        assert expect.path == "relay_tcp", name
+    slow = profiles["udp-blocked-relay-slow-up"].up.rate_kbps
+    assert slow is not None and 250 <= slow <= 300
+    for pct in (35, 40, 45):
+        profile = profiles[f"connect-loss-{pct}"]
+        assert profile.up.loss_pct == profile.down.loss_pct == pct
+        assert not profile.up.block_udp and not profile.relay
+        # no fixed seed: each run draws its own losses (the figure is 10 runs out of 10)
+        assert profile.up.seed is None and profile.down.seed is None
+        assert profile.expect is not None and profile.expect.verdicts == ("phone",)
+    assert not profiles["clean"].relay and not profiles["clean"].up.block_udp
+
+
 def test_trace_profiles_replay_the_shared_traces(
     profiles: dict[str, netprobe.lab.Profile], traces_dir: Path
 ) -> None:
@@ -151,6 +177,16 @@ def test_a_malformed_trace_is_an_error_in_the_data_not_a_missing_file(tmp_path: 
         ("up = {}\ndown = { outages = [[3, 1]] }", r"down: an outage is"),
         ('links_from = "nope"', r"links_from: 'nope' must name a profile"),
         ("up = {}\ndown = {}\n[profiles.p.expect]\nverdicts = ['great']", r"expect.verdicts"),
+        ("up = { block_udp = 1 }\ndown = {}", r"up.block_udp: expected true or false"),
+        ('relay = "yes"\nup = {}\ndown = {}', r"\[profiles.p\].relay: expected true or false"),
+        (
+            "up = {}\ndown = {}\n[profiles.p.expect]\nverdicts = ['video']\nreasons = 'x'",
+            r"expect.reasons: expected a list of reason codes",
+        ),
+        (
+            "up = {}\ndown = {}\n[profiles.p.expect]\nverdicts = ['video']\npath = 'relay'",
+            r"expect.path: expected one of \['direct', 'relay_udp'",
+        ),
         (
             "up = {}\ndown = {}\n[[profiles.p.phases]]\nat_s = 5\nup = {}",
             r"phases\[0\]: missing \[down\]",
@@ -181,4 +217,22 @@ def test_exported_members() -> None:
     assert set(netprobe.lab.__all__) == {
         name for name in dir(netprobe.lab) if not name.startswith("_")
     } - {"cli", "errors", "forwarder", "link", "linklab", "netns", "profiles", "udpmeter",
-         "accuracy"}
+         "accuracy", "coturn", "certs"}
+
+
+def test_every_link_key_in_the_starter_set_reaches_the_link_config(
+        profiles: dict[str, netprobe.lab.Profile]) -> None:
+    """A key the loader accepts but drops (jitter_hold_ms once was) would silently change
+    what a profile emulates."""
+    import tomllib
+
+    from netprobe.lab.profiles import default_profiles_path
+
+    table = tomllib.loads(default_profiles_path().read_text())["profiles"]
+    for name, raw in table.items():
+        for side in ("up", "down"):
+            for key, value in raw.get(side, {}).items():
+                if key in ("gilbert", "trace", "outages"):
+                    continue
+                got = getattr(getattr(profiles[name], side), key)
+                assert got == value, f"{name}.{side}.{key}: {got!r} != {value!r}"
