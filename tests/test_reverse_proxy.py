@@ -296,3 +296,18 @@ def test_what_nginx_serves_and_refuses(proxy: Proxy, reflector: StartReflector) 
     assert status == 400 and json.loads(body)["error"]["code"] == "bad_json", body
     status, _, headers = _get(f"http://127.0.0.1:{proxy.http}/v1/offer", proxy)
     assert status == 308 and headers["Location"].startswith("https://"), headers
+
+
+def test_the_tcp_speed_test_and_turn_credentials_pass_through_nginx(
+        proxy: Proxy, reflector: StartReflector) -> None:
+    reflector([f"{PROXY_ADDR}/32"])
+    proc = subprocess.run([*NETPROBE, "check", "--server", proxy.url, "--json", "--thorough"],
+                          capture_output=True, text=True, timeout=90,
+                          env={**CHILD_ENV, "SSL_CERT_FILE": str(proxy.ca)})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    tcp = result["tcp"]
+    assert tcp["error"] is None, tcp
+    assert tcp["down_kbps"] and tcp["up_kbps"] and tcp["bytes_up"] > 1_000_000, tcp
+    # /v1/ice reaches the reflector (no TURN configured there: an empty list)
+    status, body, _ = _get(proxy.url + "/v1/ice", proxy)
+    assert status == 200 and json.loads(body)["ice_servers"] == [], body

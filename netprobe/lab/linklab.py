@@ -283,7 +283,7 @@ def _report(stats: LabStats) -> None:
         _say(
             f"lab: {name:>4}: {s.submitted} packets in, {s.delivered} delivered, "
             f"{s.dropped_loss} lost, {s.dropped_queue} dropped by the full queue, "
-            f"{s.dropped_outage} in outages"
+            f"{s.dropped_outage} in outages, {s.dropped_blocked} UDP blocked"
         )
 
 
