@@ -10,10 +10,12 @@ namespace as a separate process: the quick mode (`tcp_speed(url, budget_s=...)`,
 when UDP is blocked) and the sustained mode of `netprobe check --thorough`
 (`tcp_speed(url, length_s=...)`). Prints, per run, the reported and the true rate each way, the
 error in percent of the link's rate (IP packets, as the emulator counts it; TCP/IP headers take
-~3.5 % of that), and the test's duration; then the worst error per mode and rate, against the
-issue's target of +-15 % at 2 Mbit/s. Needs root and /dev/net/tun (the link lab).
-Exit status 1 if a 2 Mbit/s figure misses the target or a quick test overran its budget by
-more than 1 s; 3 if the lab cannot run here; 130 if stopped (after the figures so far).
+~3.5 % of that, so -3.5 % is a perfect TCP figure), and the test's duration; then the worst
+error per mode and rate, against the targets: +-15 % (the issue's, at 2 Mbit/s) for the
+sustained mode at every rate and the quick mode at 2 Mbit/s, +-20 % for the quick mode at other
+rates from 1 Mbit/s (below, information). Needs root and /dev/net/tun (the link lab).
+Exit status 1 if a figure misses its target or a quick test overran its budget by more than
+1 s; 3 if the lab cannot run here; 130 if stopped (after the figures so far).
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ from netprobe.lab.profiles import Profile  # noqa: E402
 PORT = 8765
 TARGET = 0.15
 """The issue's tolerance at 2 Mbit/s: the reported rate within +-15 % of the link's."""
+QUICK_TARGET = 0.20
+"""The quick test's (2.5 s for both ways) tolerance at rates other than 2 Mbit/s, from
+1 Mbit/s up (below, a 200 ms queue is shorter than a new connection's first burst)."""
 OVERRUN_S = 1.0
 """How far past its budget a quick test may end (one request's timeout, at most)."""
+
+
+def target(rate_kbps: float, mode: str) -> float | None:
+    """The tolerance a mode's figures are judged by at `rate_kbps` (None: information)."""
+    if mode != "quick" or rate_kbps == 2000.0:
+        return TARGET
+    return QUICK_TARGET if rate_kbps >= 1000.0 else None
 
 #: The test, run in the client namespace as its own process: prints one JSON object.
 CLIENT = """
@@ -147,13 +159,14 @@ def main() -> int:
                                                      r.err_pct(r.up_kbps))
                         if e is not None]
                 missing = sum(r.down_kbps is None or r.up_kbps is None for r in rs)
-                judged = rate == 2000.0
-                ok = bool(errs) and max(errs) <= TARGET * 100 and not missing
+                tolerance = target(rate, mode)
+                ok = bool(errs) and not missing and (tolerance is None or
+                                                     max(errs) <= tolerance * 100)
                 summary.add(f"{rate:g} kbit/s {mode}: worst |error|",
                             f"{max(errs):.1f} % ({len(rs)} runs, {missing} incomplete)"
                             if errs else f"none measured ({len(rs)} runs)",
-                            f"<= {TARGET * 100:.0f} %" if judged else "(information)",
-                            ok if judged else None)
+                            f"<= {tolerance * 100:.0f} %" if tolerance else "(information)",
+                            ok if tolerance else None)
                 durations = [r.duration_s for r in rs if r.duration_s is not None]
                 if durations:
                     limit = value + OVERRUN_S if mode == "quick" else None

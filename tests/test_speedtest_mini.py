@@ -19,6 +19,7 @@ from aiohttp import web
 
 from netprobe.config import ReflectorSettings
 from netprobe.errors import AccessDenied, ProtocolError, ServerUnreachable
+from netprobe.minispeedtest import UPLOADS_PER_THREAD
 from netprobe.tcpspeed import MiniSpeedtest, quiet_speedtest_warnings, tcp_speed
 from netprobe.tokens import Gate, issue, load_keys
 from netprobe.webrtc.reflector import Reflector
@@ -80,6 +81,31 @@ async def test_speedtest_cli_measures_the_reflector_and_nothing_else(reflector: 
     assert result.duration_s < 10, result
     assert connects, "speedtest-cli made no connection at all"
     assert {tuple(a[:2]) for a in connects} == {("127.0.0.1", reflector.port)}, connects
+
+
+async def test_uploads_keep_their_connections_and_time_each_body(reflector: Reflector
+                                                                  ) -> None:
+    """Each upload thread posts all its bodies on one kept-alive connection (so its
+    congestion window stays open), and each body's start and answer are recorded."""
+    global _connects
+    st = MiniSpeedtest(length_s=1.0, threads=2)
+
+    def run() -> float:
+        st.set_mini_server(reflector.url + "/")
+        st.get_best_server()
+        return st.upload(threads=2)
+
+    _connects = []
+    try:
+        bps = await asyncio.to_thread(run)
+    finally:
+        connects, _connects = _connects, None
+    st.check()
+    bodies = st.upload_bodies
+    assert bps > 10e6 and st.upload_bytes == sum(n for _, _, n in bodies) > 0
+    assert len(bodies) > 2, bodies
+    assert all(start < answered for start, answered, _ in bodies)
+    assert len(connects) == 1 + 3 + 2, connects  # the page, latency.txt x 3, two uploaders
 
 
 def test_get_config_contacts_nobody() -> None:
@@ -167,7 +193,8 @@ def mini_app(broken: str) -> web.Application:
 
     async def upload(request: web.Request) -> web.Response:
         await request.content.read()
-        return web.Response(text="<error/>" if broken == "upload" else "size=1")
+        return web.Response(text="<error/>" if broken == "upload" else
+                            "size=999999999999" if broken == "liar" else "size=1")
 
     app = web.Application()
     app.router.add_get("/", page)
@@ -195,6 +222,16 @@ async def test_the_garbage_free_mini_app_passes() -> None:
     finally:
         await runner.cleanup()
     assert result.down_mbps > 0 and result.up_mbps > 0
+
+
+async def test_an_upload_cannot_be_confirmed_beyond_what_was_sent() -> None:
+    """A server that confirms 10^12 bytes for each body: the bytes counted are those sent."""
+    runner, url = await served(mini_app("liar"))
+    try:
+        result = await tcp_speed(url, length_s=0.5)
+    finally:
+        await runner.cleanup()
+    assert 0 < result.bytes_up <= 2 * UPLOADS_PER_THREAD * 8 * MiB, result
 
 
 async def test_an_unreachable_endpoint_is_said_so() -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,11 @@ def test_probe_round_trip(p: Probe, size: int) -> None:
 @given(echoes)
 def test_echo_round_trip(e: Echo) -> None:
     data = encode_echo(e)
-    # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 7 per down entry (!hIB)
-    assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 7 * len(e.down_sent)
+    # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 7 per down entry (!hIB),
+    # then (with rung reports or draining) a flags byte and 8 bytes of tail per rung report
+    flags = 1 if e.up_rungs or e.draining else 0
+    assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 7 * len(e.down_sent) + flags \
+        + 8 * len(e.up_rungs)
     assert packet_type(data) == TYPE_ECHO
     assert decode_echo(data) == e
 
@@ -151,8 +155,10 @@ def test_session_probe_carries_the_rung_duration_to_the_responder() -> None:
 def test_echo_down_sent_finished_flags() -> None:
     e = _echo_example()
     data = encode_echo(e)
-    # the down entries close the packet: count byte, then !hIB per entry
-    tail = data[-(1 + 2 * 7):]
+    # the down entries close the packet's core: count byte, then !hIB per entry (then the
+    # flags byte and a tail per rung report)
+    core = len(data) - (1 + 8 * len(e.up_rungs)) if e.up_rungs else len(data)
+    tail = data[core - (1 + 2 * 7):core]
     assert tail[0] == 2
     assert tail[1:8] == struct.pack("!hIB", 0, 120, 1)
     assert tail[8:15] == struct.pack("!hIB", 1, 118, 0)
@@ -235,10 +241,15 @@ def _echo_length(data: bytes) -> int | None:
     """Bytes an echo needs, from its count bytes, or None if the counts are cut off."""
     if len(data) < _FIXED[TYPE_ECHO]:
         return None
-    down_count_at = _FIXED[TYPE_ECHO] + 34 * data[_FIXED[TYPE_ECHO] - 1]
+    n_rungs = data[_FIXED[TYPE_ECHO] - 1]
+    down_count_at = _FIXED[TYPE_ECHO] + 34 * n_rungs
     if len(data) <= down_count_at:
         return None
-    return down_count_at + 1 + 7 * data[down_count_at]
+    core = down_count_at + 1 + 7 * data[down_count_at]
+    # an optional flags byte; with ECHO_FLAG_TAILS, a tail (!II) per rung report follows
+    if len(data) > core and data[core] & wire.ECHO_FLAG_TAILS:
+        return core + 1 + 8 * n_rungs
+    return core
 
 
 def _time_ok(t: float) -> bool:
@@ -396,7 +407,8 @@ def test_echo_with_corrupt_counts_raises_protocol_error(e: Echo, data: st.DataOb
     # and the down-entry count the same way
     raw = bytearray(encode_echo(e))
     down_at = count_at + 1 + 34 * len(e.up_rungs)
-    raw[down_at] = data.draw(st.integers(len(e.down_sent) + 1, 255))
+    # (more entries than every byte after it could hold: the optional trailer too)
+    raw[down_at] = data.draw(st.integers((len(raw) - down_at - 1) // 7 + 1, 255))
     with pytest.raises(ProtocolError, match="malformed echo packet"):
         decode_echo(bytes(raw))
 
@@ -416,9 +428,16 @@ def test_truncated_load_raises() -> None:
 
 
 def test_truncated_echo_raises_at_every_length() -> None:
-    data = encode_echo(_echo_example())
-    assert decode_echo(data) == _echo_example()
+    e = _echo_example()
+    data = encode_echo(e)
+    assert decode_echo(data) == e
+    core = len(data) - (1 + 8 * len(e.up_rungs)) if e.up_rungs else len(data)
     for k in range(len(data)):
+        if k == core:  # an echo without the optional trailer: as an older reflector sends
+            old = decode_echo(data[:k])
+            assert old.up_rungs == tuple(replace(r, tail_packets=0, tail_bytes=0)
+                                         for r in e.up_rungs)
+            continue
         with pytest.raises(ProtocolError):
             decode_echo(data[:k])
 
@@ -426,7 +445,12 @@ def test_truncated_echo_raises_at_every_length() -> None:
 @given(echoes)
 def test_truncated_echo_property(e: Echo) -> None:
     data = encode_echo(e)
+    core = len(data) - (1 + 8 * len(e.up_rungs)) if e.up_rungs else len(data)
+    if e.draining and not e.up_rungs:
+        core -= 1
     for k in range(0, len(data), 3):
+        if k == core:
+            continue  # the optional trailer cut off whole: a valid older echo
         with pytest.raises(ProtocolError):
             decode_echo(data[:k])
 

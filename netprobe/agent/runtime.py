@@ -35,6 +35,7 @@ from netprobe.agent.passive import PassiveSampler, PassiveState
 from netprobe.agent.worker import IsolatedMonitorLink, run_check_attempts_isolated
 from netprobe.config import Settings, load_settings, server_url_problem
 from netprobe.core import policy_events as ev
+from netprobe.core.certainty import with_certainty
 from netprobe.core.policy import SILENCE_S, AgentPolicy, light_check_settings
 from netprobe.core.result import CheckResult
 from netprobe.core.wire import Echo
@@ -117,7 +118,8 @@ class AgentRuntime:
         return self.policy.last_check
 
     def status(self) -> dict[str, Any]:
-        return self.policy.status_document(self.clock(), self._wall_offset, __version__)
+        doc = self.policy.status_document(self.clock(), self._wall_offset, __version__)
+        return with_certainty(doc, "recommendation")  # words' code beside the number
 
     def counters(self) -> tuple[dict[str, int], int]:
         return dict(self.policy.checks_total), self.policy.changes_total

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from netprobe import exitcodes
+from netprobe.core.certainty import certainty
 from netprobe.core.classify import AUDIO_ONLY, PHONE, UNKNOWN, VIDEO
 from netprobe.core.metrics import DirectionMetrics
 from netprobe.core.result import CheckResult
@@ -59,16 +60,26 @@ def render_text(result: CheckResult) -> str:
         lines.append(_dir_line("Download", m.down))
         if m.mos_audio is not None:
             lines.append(f"  {'Voice':<10}quality {m.mos_audio:.1f} of 5 (estimate)")
-        lines.append(f"  {'Certainty':<10}{v.confidence:.0%}, in {result.duration_s:.1f} s")
+        lines += _certainty_lines(result)
         if result.path in _PATH_WORDS:
             lines.append(f"  {'Path':<10}{_PATH_WORDS[result.path]}")
         lines.append("")
+    elif certainty(v) is not None:  # a verdict without a connection (too lossy to connect)
+        lines += [*_certainty_lines(result), ""]
     if result.tcp is not None:
         lines += _tcp_lines(result.tcp)
     if result.local:
         lines.append("Note: this was a self-test against a test server on this computer. It "
                      "shows netprobe works here; it did not test your internet connection.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _certainty_lines(result: CheckResult) -> list[str]:
+    """How sure the verdict is, in words: `confidence` is a distance from thresholds, not a
+    probability, so it is never shown as a percentage (netprobe/core/certainty.py)."""
+    c = certainty(result.verdict)
+    lines = [] if c is None else [f"  {'Certainty':<10}{c.words}"]
+    return [*lines, f"  {'Took':<10}{result.duration_s:.1f} s"]
 
 
 _PATH_WORDS = {

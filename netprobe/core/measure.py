@@ -6,6 +6,7 @@ Nothing here touches a socket or a clock: callers pass times in as arguments.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -193,12 +194,14 @@ class SequenceTracker:
 @dataclass
 class RungArrivals:
     """The packets of one ladder rung as they arrive: distinct ones, their payload bytes, the
-    first and latest arrival time."""
+    first and latest arrival time, and (the last `MAX_TIMED_ARRIVALS`) when each arrived, for
+    the rate of the rung's tail (`tail`)."""
 
     seqs: SequenceTracker = field(default_factory=SequenceTracker)
     payload_bytes: int = 0
     first_at: float = 0.0
     last_at: float = 0.0
+    timed: deque[tuple[float, int]] = field(default_factory=deque)
 
     def add(self, seq: int, size: int, now: float) -> bool:
         """Record a packet; False for a duplicate (not counted again)."""
@@ -208,7 +211,41 @@ class RungArrivals:
             self.first_at = now
         self.payload_bytes += size
         self.last_at = now
+        self.timed.append((now, size))
+        if len(self.timed) > MAX_TIMED_ARRIVALS:
+            self.timed.popleft()
         return True
+
+    def tail(self) -> tuple[int, int]:
+        """(packets, payload bytes) that arrived in the last `TAIL_SHARE` of the arrival span
+        so far: `tail_kbps` turns them into the rate the rung ended at."""
+        since = self.last_at - TAIL_SHARE * (self.last_at - self.first_at)
+        packets = size = 0
+        for at, n in reversed(self.timed):
+            if at < since:
+                break
+            packets += 1
+            size += n
+        return packets, size
+
+
+#: A rung's tail: the last quarter of its arrival span (a token bucket that empties within
+#: the rung shows there as a rate far below the rung's; `core.ladder`).
+TAIL_SHARE = 0.25
+#: At least this many packets in the tail for its rate to mean anything.
+MIN_TAIL_PACKETS = 6
+#: Arrival times kept per rung (a rung has a few hundred packets).
+MAX_TIMED_ARRIVALS = 4096
+
+
+def tail_kbps(packets: int, payload_bytes: int, first_at: float, last_at: float,
+              overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
+    """The arrival rate over a rung's tail (`RungArrivals.tail`), kbit/s of wire bytes; None
+    with fewer than `MIN_TAIL_PACKETS` packets in it or no time span."""
+    span = TAIL_SHARE * (last_at - first_at)
+    if packets < MIN_TAIL_PACKETS or span <= 0:
+        return None
+    return (payload_bytes + packets * overhead) * 8 / span / 1000
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from netprobe.core.certainty import certainty
 from netprobe.core.classify import Verdict
 from netprobe.core.metrics import LinkMetrics
 
@@ -44,6 +45,7 @@ class CheckResult:
             "schema": SCHEMA,
             "verdict": self.verdict.verdict,
             "confidence": self.verdict.confidence,
+            "certainty": None if (c := certainty(self.verdict)) is None else c.code,
             "reasons": [r.to_json() for r in self.verdict.reasons],
             "metrics": self.metrics.to_json(),
             "duration_s": round(self.duration_s, 2),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netprobe.errors import ProtocolError
 
@@ -39,6 +39,9 @@ _LOAD = struct.Struct("!hId")
 NO_RUNG = -1
 #: Bit of the echo's optional trailing flags byte: the reflector is draining.
 ECHO_FLAG_DRAINING = 0x01
+#: Bit of the flags byte: after it, each uplink rung report's tail (`_TAIL`), in order.
+ECHO_FLAG_TAILS = 0x02
+_TAIL = struct.Struct("!II")
 
 #: Smallest load packet: header plus fields.
 LOAD_MIN_SIZE = _HEADER.size + _LOAD.size
@@ -91,6 +94,11 @@ class RungReport:
     """Lowest load sequence number seen in the rung."""
     highest_seq: int
     """Highest load sequence number seen in the rung."""
+    tail_packets: int = 0
+    """Packets that arrived in the last quarter of the rung's arrival span (0 from a
+    reflector that does not report it: docs/protocol.md, "Packet formats")."""
+    tail_bytes: int = 0
+    """Their payload bytes."""
 
 
 @dataclass(frozen=True)
@@ -196,8 +204,12 @@ def encode_echo(e: Echo) -> bytes:
     parts.append(bytes([len(e.down_sent)]))
     for rung, sent, finished in e.down_sent:
         parts.append(_DOWN_SENT.pack(rung, sent, 1 if finished else 0))
-    if e.draining:  # an optional flags byte: older decoders ignore trailing bytes
-        parts.append(bytes([ECHO_FLAG_DRAINING]))
+    # An optional flags byte, then what its bits announce: older decoders ignore it all.
+    flags = (ECHO_FLAG_DRAINING if e.draining else 0) | (ECHO_FLAG_TAILS if e.up_rungs else 0)
+    if flags:
+        parts.append(bytes([flags]))
+    if flags & ECHO_FLAG_TAILS:
+        parts += [_TAIL.pack(r.tail_packets, r.tail_bytes) for r in e.up_rungs]
     return b"".join(parts)
 
 
@@ -224,6 +236,11 @@ def decode_echo(data: bytes) -> Echo:
             down.append(_DOWN_SENT.unpack_from(data, offset))
             offset += _DOWN_SENT.size
         flags = data[offset] if len(data) > offset else 0
+        offset += 1
+        if flags & ECHO_FLAG_TAILS:
+            tails = [_TAIL.unpack_from(data, offset + k * _TAIL.size) for k in range(n_rungs)]
+            rungs = [replace(r, tail_packets=p, tail_bytes=b)
+                     for r, (p, b) in zip(rungs, tails, strict=True)]
     except (struct.error, IndexError) as exc:
         raise ProtocolError("malformed echo packet") from exc
     if not (_is_time(sent_at) and _is_time(probe_sent_at) and _is_delay(hold)
