@@ -23,6 +23,7 @@ KNOWN_CODES = {
     "download_not_measured",
     "loss_not_measured",
     "rtt_not_measured",
+    "rtt_too_high_under_load",
     "audio_quality_not_measured",
     "upload_not_tested_for_video",
     "download_not_tested_for_video",

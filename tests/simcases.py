@@ -62,8 +62,10 @@ CASES = {c.name: c for c in [
     Case("750k down 20ms queue, 1%", LinkSpec(
         Direction(5, loss_pct=1.0), Direction(5, rate_kbps=750, queue_ms=20, loss_pct=1.0)),
         (VIDEO,)),
+    # a video call fills the 700 kbit/s uplink and its 1 s queue: 1.3 s of delay (issue 10)
     Case("700 up 1s queue/3540 down", LinkSpec(
-        Direction(150, rate_kbps=700, queue_ms=1000), Direction(15, rate_kbps=3540)), (VIDEO,)),
+        Direction(150, rate_kbps=700, queue_ms=1000), Direction(15, rate_kbps=3540)),
+        (AUDIO_ONLY,)),
     Case("loss 3%", sym(5, 50_000, loss_pct=3.0), (VIDEO,)),
     Case("loss 8%", sym(5, 50_000, loss_pct=8.0), NOT_VIDEO),
     Case("200k symmetric, loss 8%", sym(5, 200, loss_pct=8.0), (AUDIO_ONLY,)),
@@ -124,7 +126,12 @@ def true_metrics(r: SimResult) -> LinkMetrics:
     up, down = direction(link.up, "up"), direction(link.down, "down")
     mos = estimate_audio_quality(rtt, max(up.loss_pct or 0, down.loss_pct or 0),
                                  max(up.jitter_ms or 0, down.jitter_ms or 0)).mos
-    return LinkMetrics(rtt_ms=rtt, mos_audio=mos, up=up, down=down, connected=True)
+    # A rung that fills a bottleneck the ladder can fill meets its full queue (bufferbloat).
+    queues = [d.queue_ms for d in (link.up, link.down)
+              if d.rate_kbps is not None and d.rate_kbps <= TOP_RUNG and d.queue_bytes is None]
+    loaded = rtt + max(queues) if queues else None
+    return LinkMetrics(rtt_ms=rtt, rtt_loaded_ms=loaded, mos_audio=mos, up=up, down=down,
+                       connected=True)
 
 
 def rtt_ok(measured: float | None, link: LinkSpec) -> bool:

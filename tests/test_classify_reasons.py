@@ -4,6 +4,7 @@ what an incomplete check (a direction not tested far enough, a figure not measur
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from classify_support import KNOWN_CODES, codes, link, metrics
@@ -36,6 +37,7 @@ def _reason_examples() -> list[Verdict]:
             # the ladder stopped early: shown to carry "at least" less than the need
             link(up_kbps=300, down_kbps=300, at_least=True),
             link(up_kbps=50, down_kbps=50, at_least=True),
+            replace(link(up_kbps=1000, down_kbps=8000, at_least=False), rtt_loaded_ms=700),
         )
     ]
 
@@ -193,3 +195,36 @@ def test_audio_only_reasons_never_mix_bad_and_missing(m: LinkMetrics) -> None:
     if v.verdict == AUDIO_ONLY:
         incomplete = [bool(_INCOMPLETE.search(c)) for c in codes(v)]
         assert all(incomplete) or not any(incomplete), codes(v)
+
+
+# ------------------------------------------------------------------------ delay under load
+
+
+def test_a_call_that_fills_the_link_is_judged_at_the_loaded_delay() -> None:
+    from netprobe.core.classify import AUDIO_ONLY, loaded_rtt_ms
+
+    slow = replace(link(up_kbps=1000, down_kbps=8000, at_least=False, rtt=40),
+                   rtt_loaded_ms=650)
+    v = classify(slow)
+    assert v.verdict == AUDIO_ONLY and codes(v) == ["rtt_too_high_under_load"]
+    message = v.reasons[0].message
+    assert "slows down when it is busy" in message and "40 to 650 ms" in message
+    assert "cable" in message and "Smart Queue Management" in message
+    # the same delay under load on a link the call does not fill: the idle delay counts
+    fast = replace(link(up_kbps=3200, down_kbps=3200, at_least=True, rtt=40),
+                   rtt_loaded_ms=650)
+    assert loaded_rtt_ms(fast, 2500) is None and classify(fast).verdict == VIDEO
+    # a little bufferbloat under the limit keeps video
+    mild = replace(link(up_kbps=1000, down_kbps=8000, at_least=False, rtt=40),
+                   rtt_loaded_ms=200)
+    assert classify(mild).verdict == VIDEO
+
+
+def test_a_voice_call_is_judged_at_the_idle_delay() -> None:
+    """A voice call (~100 kbit/s) fills no link that passes the audio rate checks: its packets
+    do not queue behind its own, whatever the link's delay under a full queue."""
+    starved = replace(link(up_kbps=150, down_kbps=2000, at_least=False, rtt=60, loss=1.0),
+                      rtt_loaded_ms=2500)
+    v = classify(starved)
+    assert v.verdict == AUDIO_ONLY and v.confidence == classify(
+        replace(starved, rtt_loaded_ms=None)).confidence

@@ -22,6 +22,7 @@ from netprobe.core.emodel import (
     mos_from_r,
     r_factor,
 )
+from netprobe.core.sampling import audio_fields, audio_mos
 
 # --------------------------------------------------------------------------- defaults (7.7)
 
@@ -300,3 +301,55 @@ def test_anchor_bands() -> None:
     assert estimate_audio_quality(100, 30).mos < 2.6
     assert estimate_audio_quality(1500, 0).mos < 3.1
     assert estimate_audio_quality(600, 0).mos >= 3.1
+
+
+# --------------------------------------------------------------------------- bursty loss, Opus
+
+
+def test_bursty_loss_rates_lower_than_random_loss_at_the_same_ppl() -> None:
+    # rtt 100 (R 90.74 with no loss, anchors above), 8 % loss:
+    #   random:    Ie,eff = 95*8/(8 + 25.1)   = 22.961 -> R 67.77
+    #   BurstR 2:  Ie,eff = 95*8/(4 + 25.1)   = 26.117 -> R 64.62
+    #   BurstR 8:  Ie,eff = 95*8/(1 + 25.1)   = 29.119 -> R 61.62
+    random_q = estimate_audio_quality(100, 8)
+    assert random_q.r == pytest.approx(67.77, abs=0.01)
+    assert estimate_audio_quality(100, 8, burst_ratio=2).r == pytest.approx(64.62, abs=0.01)
+    bursty = estimate_audio_quality(100, 8, burst_ratio=8)
+    assert bursty.r == pytest.approx(61.62, abs=0.01)
+    assert bursty.mos < random_q.mos
+    # no loss: burstiness of nothing changes nothing
+    assert estimate_audio_quality(100, 0, burst_ratio=8).r == estimate_audio_quality(100, 0).r
+
+
+def test_burst_ratio_is_passed_through_for_the_direction_that_rates_worse() -> None:
+    # up 3 % random: Ie,eff = 95*3/28.1 = 10.14; down 2.8 % at BurstR 8:
+    # 95*2.8/(0.35 + 25.1) = 10.45. Down loses less but rates worse: its BurstR is reported.
+    fields = audio_fields(100, [3.0, 2.8], [0.0, 0.0], [1.0, 8.0])
+    down = estimate_audio_quality(100, 2.8, burst_ratio=8).mos
+    assert fields["burst_ratio"] == 8.0 and fields["mos_audio"] == down
+    assert down < estimate_audio_quality(100, 3.0).mos
+    # Without burst ratios: the worst loss, as before (BurstR 1)
+    assert audio_mos(100, [3.0, 2.8], [0.0, 0.0]) == estimate_audio_quality(100, 3.0).mos
+    # A burst ratio outside [1, 8] is clamped, a missing one is 1; no loss measured: None
+    assert audio_fields(100, [2.0, None], [None, None], [50.0])["burst_ratio"] == 8.0
+    assert audio_fields(100, [None, None], [None, None], [3.0]) == {
+        "mos_audio": estimate_audio_quality(100, 0).mos, "burst_ratio": None}
+    assert audio_fields(None, [1.0, 1.0], [0.0, 0.0], [2.0, 2.0]) == {
+        "mos_audio": None, "burst_ratio": None}
+
+
+@given(_rtt, _loss, _loss, st.floats(1, 8), st.floats(1, 8))
+def test_burst_ratios_never_raise_the_mos(rtt: float, up: float, down: float, bu: float,
+                                          bd: float) -> None:
+    with_bursts = audio_fields(rtt, [up, down], [0.0, 0.0], [bu, bd])
+    bursty, plain = with_bursts["mos_audio"], audio_mos(rtt, [up, down], [0.0, 0.0])
+    assert bursty is not None and plain is not None and bursty <= plain + 1e-12
+    assert with_bursts["burst_ratio"] in (bu, bd)
+
+
+def test_opus_is_rated_like_g711_with_plc_by_assumption() -> None:
+    # Documented in emodel._CODECS and config/thresholds.toml: no published Opus value on
+    # the narrowband scale at a call's bitrate. Changing this changes what min_mos means.
+    opus, g711 = emodel._CODECS["opus"], emodel._CODECS["g711"]
+    assert (opus.ie, opus.bpl) == (g711.ie, g711.bpl) == (0.0, 25.1)
+    assert opus.lookahead_ms == 6.5 and g711.lookahead_ms == 0.0

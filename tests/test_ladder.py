@@ -305,3 +305,56 @@ def test_a_rung_that_lost_what_the_link_loses_is_not_near_capacity() -> None:
     assert not lad.near_capacity(0)
     assert lad.loaded_windows() == []
     assert _judged(0.95, base_loss=0.1, likely_loss=0.0).results[0].loss_allowed is False
+
+
+# ------------------------------------------------------------------------ emptied token buckets
+
+
+def _observed(rung_rate: float, head_kbps: float, tail_kbps: float, *, duration: float = 0.6,
+              empties_at: float = 0.3) -> tuple[Ladder, RungObservation]:
+    """A rung sent at `rung_rate` whose packets arrived at `head_kbps` until `empties_at`
+    and at `tail_kbps` after (a policer's bucket emptying), as RungArrivals would count."""
+    from netprobe.core.measure import RungArrivals
+
+    ladder = Ladder(make_ladder((rung_rate,), 300.0), duration, PASS_RATIO)
+    rung = ladder.rungs[0]
+    wire = rung.payload_size + LOAD_OVERHEAD_BYTES
+    arrivals = RungArrivals()
+    t, seq, sent = 0.0, 0, int(duration / rung.interval)
+    while t < duration:
+        rate = head_kbps if t < empties_at else tail_kbps
+        arrivals.add(seq, rung.payload_size, 10.0 + t)
+        seq += 1
+        t += wire * 8 / (rate * 1000)
+    obs = RungObservation(sent, arrivals.seqs.received, arrivals.payload_bytes,
+                          arrivals.first_at, arrivals.last_at, *arrivals.tail())
+    return ladder, obs
+
+
+def test_a_rung_whose_tail_slows_to_the_token_rate_fails_at_the_sustained_rate() -> None:
+    ladder, obs = _observed(3200, 3200, 400)
+    ladder.start(0.0)
+    result = ladder.evaluate(1.0, lambda i: obs, 0.0, lambda i: True, TIMEOUT)
+    assert result is not None and not result.passed and result.bucket_emptied
+    assert result.tail_kbps == pytest.approx(400, rel=0.2)
+    kbps, at_least = ladder.capacity()
+    assert kbps == pytest.approx(400, rel=0.2) and not at_least
+    assert ladder.lower_bound() <= kbps and ladder.upper_bound() == kbps
+
+
+def test_a_steady_bottleneck_is_not_taken_for_an_emptied_bucket() -> None:
+    for head, tail in ((3200, 3200), (2000, 2000), (3200, 2200)):
+        ladder, obs = _observed(3200, head, tail)
+        ladder.start(0.0)
+        result = ladder.evaluate(1.0, lambda i, o=obs: o, 0.0, lambda i: True, TIMEOUT)
+        assert result is not None and not result.bucket_emptied, (head, tail)
+
+
+def test_an_older_reflector_without_tails_judges_as_before() -> None:
+    ladder, obs = _observed(3200, 3200, 400)
+    from dataclasses import replace
+
+    old = replace(obs, tail_packets=0, tail_bytes=0)
+    ladder.start(0.0)
+    result = ladder.evaluate(1.0, lambda i: old, 0.0, lambda i: True, TIMEOUT)
+    assert result is not None and not result.bucket_emptied and result.tail_kbps is None

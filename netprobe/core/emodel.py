@@ -11,6 +11,11 @@ G.107 Table 1 default (7.7), R = 93.2. Annex B maps R to an estimated MOS.
 
 Units are explicit and checked: delays in milliseconds, packet loss in PERCENT
 (1 % loss is ``Ppl=1``, not ``0.01``), levels in dB / dBm0p / dB(A).
+
+Bursty loss enters through BurstR (7.5), measured from the probes' loss runs
+(`netprobe.core.lossruns`). Codecs: G.711 with PLC from G.113 Appendix I; Opus has no
+value on this (narrowband) scale at a voice call's bitrate and is ASSUMED to rate like
+G.711 with PLC: see `_CODECS` for the values that were found and why they are not used.
 """
 
 from __future__ import annotations
@@ -223,10 +228,28 @@ class _Codec(NamedTuple):
 
 
 # ITU-T G.113 Appendix I: G.711 has Ie 0, and Bpl 25.1 with packet-loss concealment
-# under random loss. G.113 has no Opus entry: ASSUMPTION - Opus is rated like
-# G.711 with PLC (Ie 0, Bpl 25.1), a conservative narrowband rating for a wideband
-# codec with PLC. Lookahead: Opus 6.5 ms (its 26.5 ms algorithmic delay at 20 ms
-# frames, RFC 6716); G.711 none. Both are sent as 20 ms frames.
+# under random loss. Opus: ASSUMPTION, rated like G.711 with PLC (Ie 0, Bpl 25.1).
+# Searched for published values (G.113 and its appendices, E-model studies of Opus):
+# - The stored copies of G.113 (2001 contents, 11/2007) predate Opus (RFC 6716, 2012);
+#   later editions' wideband (Appendix IV, Ie,wb) and fullband (Appendix V, Ie,FB)
+#   tables were not found in a stored copy.
+# - Alahmadi, Pocta & Melvin, "An Adaptive Bitrate Switching Algorithm for Speech
+#   Applications in Context of WebRTC", ACM TOMM 17(4):133, 2021 (doi 10.1145/3458751),
+#   with the first author's table (github.com/mohaoahmadi/Opus_Codec_Quality_Evaluation),
+#   give Ie and Bpl per Opus bitrate, but on the narrowband scale only for narrowband Opus
+#   at 6-11 kbit/s (e.g. 11 kbit/s CBR: Ie 2.0, Bpl 16.0 random loss). At a WebRTC voice
+#   call's 24-40 kbit/s they give super-wideband values only (40 kbit/s VBR: Ie 10.7,
+#   Bpl 9.8; 31 kbit/s: Ie 16.8, Bpl 10.4), on the scale of the G.107.2 super-wideband /
+#   fullband E-model, which this narrowband model does not implement; its mapping to the
+#   narrowband MOS that min_mos / good_mos use was not found in a stored copy. What was
+#   read does not say whether Opus in-band FEC (which browsers offer) was on.
+# - "Derivation of Equipment Impairment Factors from ITU-T P.863 for Fullband Speech
+#   Codecs" (conference abstract, cms.memyc.org, undated): "the Opus codec in fullband
+#   mode, for which currently no Ie,FB values are available".
+# So G.711 with PLC stays. CAUTION: every published Opus Bpl found is below 25.1 (more
+# sensitive to loss), so under loss this may rate Opus too well; bursty loss is allowed
+# for separately, by BurstR. Lookahead: Opus 6.5 ms (its 26.5 ms algorithmic delay at
+# 20 ms frames, RFC 6716); G.711 none. Both are sent as 20 ms frames.
 _CODECS: dict[str, _Codec] = {
     "g711": _Codec(ie=0.0, bpl=25.1, frame_ms=20.0, lookahead_ms=0.0),
     "opus": _Codec(ie=0.0, bpl=25.1, frame_ms=20.0, lookahead_ms=6.5),
@@ -265,9 +288,9 @@ def estimate_audio_quality(
     One-way delay T = Ta = rtt_ms/2 + max(2·jitter_ms, 20 ms) de-jitter buffer + codec
     frame + lookahead; Tr = 2T. Echo is assumed well controlled (TELR 65 dB, the G.107
     default); all other inputs keep G.107 defaults. ``loss_pct`` is in PERCENT (0-100),
-    ``burst_ratio`` the G.107 BurstR (1 = random loss). Codecs: "g711" (G.113: Ie 0,
-    Bpl 25.1 with PLC) and "opus", which G.113 does not rate: ASSUMED to be like G.711
-    with PLC (Ie 0, Bpl 25.1), a conservative narrowband view of a wideband codec.
+    ``burst_ratio`` the G.107 BurstR (1 = random loss, `core.lossruns`). Codecs: "g711"
+    (G.113: Ie 0, Bpl 25.1 with PLC) and "opus", for which no narrowband value at a call's
+    bitrate was found: ASSUMED to be like G.711 with PLC (Ie 0, Bpl 25.1; `_CODECS`).
     Raises ValueError on negative or non-finite delays, loss outside 0-100 %,
     burst_ratio <= 0 or an unknown codec.
     """

@@ -10,6 +10,14 @@ allowing for the random loss the probes measured. A bottleneck spaces arrivals a
 rate and its queue holds packets back, so a rung above the link's capacity fails, and the
 rate it was delivered at is the capacity estimate. The ladder stops at the first failure, or
 after the top rung passes (then the link can do *at least* that much).
+
+A rung also fails when its *tail* (the last quarter of its arrival span, `measure.tail_kbps`)
+arrived at less than `SUSTAIN_RATIO` of the rung's own rate: a token bucket (a policer or a
+shaper) let the start of the ladder through at the line rate and then emptied. The rung's tail
+rate is then the capacity estimate: the rate the link sustains, which is what a call gets
+once its first seconds have used up the bucket. A bottleneck without a bucket delivers the
+tail as fast as the rest, so it never looks like this. A bucket larger than what the ladder
+sends in a direction cannot be seen (docs/protocol.md, "Sustained rate").
 """
 
 from __future__ import annotations
@@ -17,7 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from netprobe.core.measure import LOAD_OVERHEAD_BYTES, delivered_kbps, wire_interval_s
+from netprobe.core.measure import (
+    LOAD_OVERHEAD_BYTES,
+    delivered_kbps,
+    tail_kbps,
+    wire_interval_s,
+)
 from netprobe.core.wire import LOAD_MAX_SIZE
 
 MIN_PAYLOAD = 60
@@ -29,6 +42,11 @@ IDLE_MARGIN_S = 0.1
 #: A sender that sent this much less than the rung's rate was held back by its own machine
 #: (a busy CPU), not by the link.
 SENDER_SHORTFALL = 0.05
+#: A rung whose tail arrived slower than this share of the rung's delivered rate ran into an
+#: emptied token bucket (module docstring).
+SUSTAIN_RATIO = 0.5
+#: ...judged only on a rung of which at least this many packets arrived.
+MIN_SUSTAIN_PACKETS = 24
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,10 @@ class RungObservation:
     """Receiver clock at the first arrival."""
     last_at: float
     """Receiver clock at the latest arrival."""
+    tail_packets: int = 0
+    """Packets that arrived in the last quarter of the arrival span (`RungArrivals.tail`)."""
+    tail_bytes: int = 0
+    """Their payload bytes."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,11 @@ class RungResult:
     """Passed only thanks to the uncertainty of the link's random loss (it would have failed
     had the loss been its best estimate), so it may as well have overflowed the bottleneck's
     queue."""
+    tail_kbps: float | None = None
+    """Arrival rate over the rung's tail, kbit/s of wire bytes; None if too few arrived."""
+    bucket_emptied: bool = False
+    """The tail arrived far slower than the rung (`SUSTAIN_RATIO`): a token bucket emptied,
+    and `tail_kbps` is the rate the link sustains."""
 
     @property
     def sender_limited(self) -> bool:
@@ -205,9 +232,13 @@ class Ladder:
             return rate is not None and ratio >= self.pass_ratio * keep \
                 and rate >= self.pass_ratio * keep * sent_kbps
 
-        passed = passes(base_loss)
+        tail = tail_kbps(obs.tail_packets, obs.tail_bytes, obs.first_at, obs.last_at)
+        emptied = tail is not None and rate is not None and obs.received >= \
+            MIN_SUSTAIN_PACKETS and tail < SUSTAIN_RATIO * min(rate, sent_kbps)
+        passed = passes(base_loss) and not emptied
         return RungResult(rung, passed, rate, ratio, final, sent_kbps,
-                          loss_allowed=passed and not passes(min(likely_loss, base_loss)))
+                          loss_allowed=passed and not passes(min(likely_loss, base_loss)),
+                          tail_kbps=tail, bucket_emptied=emptied)
 
     def capacity(self) -> tuple[float | None, bool]:
         """(kbit/s, at_least). `at_least` when no judged rung failed: the link carried
@@ -218,6 +249,9 @@ class Ladder:
             return (None, False)
         if all(r.passed for r in self.results.values()):
             return (self.lower_bound(), True)
+        sustained = self.sustained_kbps()
+        if sustained is not None:
+            return (sustained, False)
         rates = [r.delivered_kbps for r in self.results.values() if r.delivered_kbps is not None]
         if rates:
             return (max(rates), False)
@@ -225,12 +259,22 @@ class Ladder:
         proven = any(r.final for r in self.results.values() if not r.passed)
         return (0.0, False) if proven else (None, False)
 
+    def sustained_kbps(self) -> float | None:
+        """The rate the link sustains once a token bucket emptied, kbit/s: the slowest tail of
+        the rungs that showed one (`RungResult.bucket_emptied`); None if none did."""
+        tails = [r.tail_kbps for r in self.results.values()
+                 if r.bucket_emptied and r.tail_kbps is not None]
+        return min(tails) if tails else None
+
     def lower_bound(self) -> float:
         """What the link has been shown to carry, kbit/s (0 if nothing passed): the delivered
-        rate of the passed rungs, never above their nominal rate."""
+        rate of the passed rungs, never above their nominal rate, nor above the sustained
+        rate once a bucket was seen to empty (the passes before it were the bucket's)."""
         passed = [min(r.rung.rate_kbps, r.delivered_kbps) for r in self.results.values()
                   if r.passed and r.delivered_kbps is not None]
-        return max(passed, default=0.0)
+        sustained = self.sustained_kbps()
+        best = max(passed, default=0.0)
+        return best if sustained is None else min(best, sustained)
 
     def upper_bound(self) -> float:
         """What the link might still carry, kbit/s (infinite until a rung fails)."""

@@ -45,6 +45,9 @@ class LinkMetrics:
     down: DirectionMetrics = field(default_factory=DirectionMetrics)
     connected: bool = False
     """Whether a WebRTC connection to the reflector was established at all."""
+    burst_ratio: float | None = None
+    """G.107 burst ratio (BurstR) of the probe losses in the direction `mos_audio` rates
+    worse: 1 for random loss, up to 8 for clustered loss (`core.lossruns`)."""
 
     @property
     def measured_anything(self) -> bool:
@@ -59,6 +62,7 @@ class LinkMetrics:
             "rtt_ms": _round(self.rtt_ms, 1),
             "rtt_loaded_ms": _round(self.rtt_loaded_ms, 1),
             "mos_audio": _round(self.mos_audio, 2),
+            "burst_ratio": _round(self.burst_ratio, 2),
             "up": self.up.to_json(),
             "down": self.down.to_json(),
         }

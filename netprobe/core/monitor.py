@@ -25,9 +25,10 @@ from netprobe.core.classify import (
     classify,
     format_mbps,
 )
-from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.lossruns import LossRuns
 from netprobe.core.measure import JitterEstimator, percentile, wilson_interval
 from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.sampling import audio_fields
 from netprobe.core.wire import Echo
 
 #: Fewest echoes in a window for it to say anything (a very lossy link returns few: their
@@ -106,10 +107,10 @@ class ProbeWindow:
         up_jitter = percentile([s.up_jitter for s in ordered], 50) * 1000
         down_jitter = percentile([s.down_jitter for s in ordered], 50) * 1000
         up_rate, down_rate = capacity or (DirectionMetrics(), DirectionMetrics())
-        mos = estimate_audio_quality(rtt, max(up_loss, down_loss), max(up_jitter, down_jitter))
         return LinkMetrics(
             rtt_ms=rtt,
-            mos_audio=mos.mos,
+            **audio_fields(rtt, [up_loss, down_loss], [up_jitter, down_jitter],
+                           _burst_ratios(ordered)),
             up=replace(up_rate, loss_pct=up_loss, jitter_ms=up_jitter, packets=up_expected),
             down=replace(down_rate, loss_pct=down_loss, jitter_ms=down_jitter,
                          packets=down_expected),
@@ -124,6 +125,17 @@ class ProbeWindow:
     def silent_for(self, now: float) -> float:
         """Seconds since the last echo arrived (inf if none ever did)."""
         return float("inf") if self.last_echo_at is None else now - self.last_echo_at
+
+
+def _burst_ratios(ordered: list[_Sample]) -> list[float]:
+    """[uplink, downlink] G.107 burst ratios of the losses between consecutive echoes (in
+    sequence order): echo numbers missing downlink, the reflector's settled counters up."""
+    up, down = LossRuns(), LossRuns()
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        up.add_stretch(b.up_settled - a.up_settled, b.up_lost_so_far - a.up_lost_so_far)
+        down.add(False, b.seq - a.seq - 1)
+        down.add(True)
+    return [up.burst_ratio, down.burst_ratio]
 
 
 def _loss_pct(lost: int, expected: int, sure: bool) -> float:

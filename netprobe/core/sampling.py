@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from netprobe.core.emodel import estimate_audio_quality
 from netprobe.core.ladder import Ladder, RungObservation
+from netprobe.core.lossruns import MAX_BURST_RATIO, LossRuns
 from netprobe.core.measure import wilson_interval
 
 #: RFC 3550 jitter starts at 0 and converges with gain 1/16: skip its first samples.
@@ -79,6 +81,20 @@ class Analysis:
     down_jitters: list[float]
     loaded_until: float
     """End of the latest loaded window (inf while a rung is being judged)."""
+    up_burst: float = 1.0
+    """G.107 burst ratio of the calm probes lost on the uplink (`LossRuns`; 1 = random)."""
+    down_burst: float = 1.0
+    """The same for the echoes lost on the downlink."""
+
+    @property
+    def burst_ratios(self) -> list[float]:
+        """[uplink, downlink] burst ratios, in the order `audio_mos` takes losses."""
+        return [self.up_burst, self.down_burst]
+
+    def audio(self, rtt_ms: float | None, losses: list[float | None],
+              jitters: list[float | None]) -> AudioFields:
+        """`audio_fields` with these burst ratios: `losses` and `jitters` are [up, down]."""
+        return audio_fields(rtt_ms, losses, jitters, self.burst_ratios)
 
 
 def random_loss(counts: Counts) -> float:
@@ -145,8 +161,10 @@ def analyse(samples: list[EchoSample], started_at: float, flooded_until: float |
     # the stretch it received on the uplink.
     # Uplink: the reflector's "lost so far" (highest + 1 - received) may go down again
     # when a reordered probe turns up late, so a stretch's loss is the change in it.
+    # The same stretches, in order, give each direction's loss runs (G.107 BurstR).
     up_lost = up_expected = 0
     down_counts = Counts()
+    up_runs, down_runs = LossRuns(), LossRuns()
     prev_seq, prev_t, prev_lost, prev_hi = -1, started_at, 0, -1
     for s in sorted(samples, key=lambda x: x.seq):
         t = s.probe_sent_at
@@ -154,8 +172,15 @@ def analyse(samples: list[EchoSample], started_at: float, flooded_until: float |
         if not _meets(prev_t, t, up_w):
             up_lost += lost_so_far - prev_lost
             up_expected += max(0, s.up_highest - prev_hi)
+            up_runs.add_stretch(s.up_highest - prev_hi, lost_so_far - prev_lost)
+        else:
+            up_runs.pause()
         if not _meets(prev_t, t, down_w):
             down_counts += Counts(s.seq - prev_seq - 1, s.seq - prev_seq)
+            down_runs.add(False, s.seq - prev_seq - 1)
+            down_runs.add(True)
+        else:
+            down_runs.pause()
         prev_seq, prev_t, prev_lost = s.seq, t, lost_so_far
         prev_hi = max(prev_hi, s.up_highest)
     up_counts = Counts(min(max(0, up_lost), up_expected), up_expected)
@@ -170,15 +195,39 @@ def analyse(samples: list[EchoSample], started_at: float, flooded_until: float |
                 load[which] += Counts(max(0, obs.sent - obs.received), obs.sent)
     return Analysis(idle_rtt, calm_rtt, loaded_rtt, up_counts, down_counts,
                     up_counts + load["up"], down_counts + load["down"], up_jit, down_jit,
-                    max((we for _, we in both), default=0.0))
+                    max((we for _, we in both), default=0.0),
+                    up_runs.burst_ratio, down_runs.burst_ratio)
+
+
+class AudioFields(TypedDict):
+    """The `LinkMetrics` fields of the audio estimate."""
+
+    mos_audio: float | None
+    burst_ratio: float | None
+
+
+def audio_fields(rtt_ms: float | None, losses: list[float | None],
+                 jitters: list[float | None],
+                 burst_ratios: list[float] | None = None) -> AudioFields:
+    """The audio MOS (E-model) at `rtt_ms` of the direction that rates worse, with its loss
+    (percent) and burst ratio (`losses` and `burst_ratios` in the same order, a missing burst
+    ratio taken as 1), and the worst jitter; and that direction's burst ratio (None when no
+    loss was measured: the MOS then assumes none)."""
+    if rtt_ms is None:
+        return AudioFields(mos_audio=None, burst_ratio=None)
+    bursts = [min(max(b, 1.0), MAX_BURST_RATIO) if math.isfinite(b) else 1.0
+              for b in burst_ratios or []]
+    pairs = [(min(max(loss, 0.0), 100.0), bursts[i] if i < len(bursts) else 1.0)
+             for i, loss in enumerate(losses) if loss is not None]
+    jitter = max((x for x in jitters if x is not None), default=0.0)
+    rtt, jit = (v if math.isfinite(v) else HUGE_MS for v in (rtt_ms, jitter))
+    mos, burst = min((estimate_audio_quality(rtt, loss, jit, burst_ratio=b).mos, b)
+                     for loss, b in pairs or [(0.0, 1.0)])
+    return AudioFields(mos_audio=mos, burst_ratio=burst if pairs else None)
 
 
 def audio_mos(rtt_ms: float | None, losses: list[float | None],
-              jitters: list[float | None]) -> float | None:
-    """The audio MOS of the worst direction's loss and jitter at `rtt_ms` (E-model)."""
-    if rtt_ms is None:
-        return None
-    loss = max((x for x in losses if x is not None), default=0.0)
-    jitter = max((x for x in jitters if x is not None), default=0.0)
-    finite = [v if math.isfinite(v) else HUGE_MS for v in (rtt_ms, jitter)]
-    return estimate_audio_quality(finite[0], min(max(loss, 0.0), 100.0), finite[1]).mos
+              jitters: list[float | None],
+              burst_ratios: list[float] | None = None) -> float | None:
+    """The audio MOS of the direction that rates worse (`audio_fields`)."""
+    return audio_fields(rtt_ms, losses, jitters, burst_ratios)["mos_audio"]

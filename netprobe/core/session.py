@@ -422,7 +422,7 @@ class ClientSession:
         if report is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
         return RungObservation(sent, report.packets, report.payload_bytes, report.first_at,
-                               report.last_at)
+                               report.last_at, report.tail_packets, report.tail_bytes)
 
     def _observe_down(self, rung: int) -> RungObservation | None:
         rx = self._down_rx.get(rung)
@@ -430,7 +430,7 @@ class ClientSession:
         sent = max(self._down_sent.get(rung, 0), got)
         if rx is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
-        return RungObservation(sent, got, rx.payload_bytes, rx.first_at, rx.last_at)
+        return RungObservation(sent, got, rx.payload_bytes, rx.first_at, rx.last_at, *rx.tail())
 
     # -- results ---------------------------------------------------------------------------
 
@@ -453,7 +453,7 @@ class ClientSession:
         return LinkMetrics(
             rtt_ms=rtt,
             rtt_loaded_ms=percentile(loaded, 50) if loaded else None,
-            mos_audio=audio_mos(rtt, [up_loss, down_loss], [up_jitter, down_jitter]),
+            **a.audio(rtt, [up_loss, down_loss], [up_jitter, down_jitter]),
             up=DirectionMetrics(up_kbps, up_least, up_loss, up_jitter, up_counts.expected),
             down=DirectionMetrics(down_kbps, down_least, down_loss, down_jitter,
                                   down_counts.expected),
@@ -490,7 +490,7 @@ class ClientSession:
             jitters = [jit[0][k], jit[1][k]]
             return LinkMetrics(
                 rtt_ms=rtt,
-                mos_audio=audio_mos(rtt, losses, jitters),
+                mos_audio=audio_mos(rtt, losses, jitters, a.burst_ratios),
                 up=DirectionMetrics(min(up_rate, BIG_KBPS), True, losses[0], jitters[0]),
                 down=DirectionMetrics(min(down_rate, BIG_KBPS), True, losses[1], jitters[1]),
                 connected=True,
