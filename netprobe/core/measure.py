@@ -261,6 +261,14 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return (lower, upper)
 
 
+def loss_interval_pct(lost: int, expected: int) -> tuple[float, float] | None:
+    """The 95 % Wilson interval of a loss figure, percent; None when nothing was counted."""
+    if expected <= 0:
+        return None
+    lo, hi = wilson_interval(lost, expected)
+    return (100 * lo, 100 * hi)
+
+
 def delivered_kbps(
     packets: int, payload_bytes: int, first_at: float, last_at: float,
     overhead: int = LOAD_OVERHEAD_BYTES,

@@ -20,12 +20,18 @@ class DirectionMetrics:
     """RFC 3550 interarrival jitter of the probe stream, milliseconds."""
     packets: int = 0
     """Packets the loss figure is based on."""
+    loss_interval_pct: tuple[float, float] | None = None
+    """95 % interval of the loss figure (Wilson), percent: a check that stopped as soon as
+    its verdict was certain reports how precise its loss figure got."""
 
     def to_json(self) -> dict[str, Any]:
+        interval = self.loss_interval_pct
         return {
             "kbps": _round(self.kbps, 0),
             "kbps_at_least": self.kbps_at_least,
             "loss_pct": _round(self.loss_pct, 2),
+            "loss_interval_pct": None if interval is None else
+            [round(interval[0], 2), round(interval[1], 2)],
             "jitter_ms": _round(self.jitter_ms, 1),
             "packets": self.packets,
         }

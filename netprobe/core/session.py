@@ -24,6 +24,7 @@ from netprobe.core.measure import (
     JitterEstimator,
     RungArrivals,
     SequenceTracker,
+    loss_interval_pct,
     percentile,
     round_trip_s,
     wilson_interval,
@@ -32,16 +33,15 @@ from netprobe.core.measure import (
 from netprobe.core.metrics import DirectionMetrics, LinkMetrics
 from netprobe.core.pacing import ECHO_WIRE_BYTES, probe_wire_bytes
 from netprobe.core.sampling import (
-    HUGE_MS,
     JITTER_WARMUP,
     MIN_LOSS_SAMPLES,
     Analysis,
     Counts,
     EchoSample,
     analyse,
-    audio_mos,
     random_loss,
 )
+from netprobe.core.session_bounds import bounds
 from netprobe.core.wire import NO_RUNG, Echo, Load, Probe, RungReport, encode_load, encode_probe
 
 __all__ = ["DEADLINE_MARGIN_S", "JITTER_WARMUP", "MIN_LOSS_SAMPLES", "STOP_REASONS",
@@ -50,7 +50,6 @@ __all__ = ["DEADLINE_MARGIN_S", "JITTER_WARMUP", "MIN_LOSS_SAMPLES", "STOP_REASO
 #: Builds a packet's payload given its send time (called as the packet leaves).
 Build = Callable[[float], bytes]
 
-BIG_KBPS = 1e9
 #: Loss above this (percent) decides every verdict by itself: no need to measure it finer.
 LOSS_DECISIVE_PCT = 15.0
 #: Half-width (percentage points, 95 %) the loss figure must reach before stopping early.
@@ -75,9 +74,10 @@ DEADLINE_MARGIN_S = 0.2
 
 #: Why a check ended (`ClientSession.stop_reason`):
 #: `measured`: both ladders found what they could and the loss figure is precise;
-#: `settled`: the verdict was certain before the ladders finished, the loss figure precise;
-#: `precision_reserve`: the verdict was settled but the loss figure still too coarse when
-#: the last `PRECISION_RESERVE_S` before the deadline began (sharpening stops there);
+#: `settled`: the verdict was certain (no figure still to come could change it): the loss
+#: figure stops where it is and is reported with its interval;
+#: `precision_reserve`: the verdict was not settled and the loss figure still too coarse
+#: when the last `PRECISION_RESERVE_S` before the deadline began (sharpening stops there);
 #: `deadline`: the deadline came before the verdict was certain.
 STOP_REASONS = ("measured", "settled", "precision_reserve", "deadline")
 
@@ -373,26 +373,25 @@ class ClientSession:
         if now - self.started_at < self.settings.min_probe_s:
             return False
         sharpen = now < self.deadline - PRECISION_RESERVE_S
-        if self.up.done and self.down.done:
-            # Measured all we wanted; let a saturated queue drain and the loss figure settle
-            # on calm probes while time allows.
-            done = now >= self._analysis().loaded_until and self._loss_precise()
-            if done or not sharpen:
-                self.stop_reason = "measured" if done else "precision_reserve"
-                return True
-            return False
         optimistic, pessimistic = self.bounds()
         best = classify(optimistic, self.thresholds)
-        if best.verdict != classify(pessimistic, self.thresholds).verdict:
+        settled = best.verdict == classify(pessimistic, self.thresholds).verdict
+        if self.up.done and self.down.done:
+            # Measured all we wanted; let a saturated queue drain and the loss figure settle
+            # on calm probes, unless the verdict is settled already (the loss figure is then
+            # reported with its interval: nobody needs it sharper).
+            precise = self._loss_precise()
+            done = now >= self._analysis().loaded_until and precise
+            if done or settled or not sharpen:
+                self.stop_reason = "measured" if done else (
+                    "settled" if settled else "precision_reserve")
+                return True
             return False
-        if best.verdict == VIDEO:
-            return False  # finish the ladder: the figures must tell 1.5 from 5 Mbit/s
-        precise = self._loss_precise()
-        if sharpen and not precise:
-            return False  # the verdict is settled; sharpen the loss figure while time allows
+        if not settled or best.verdict == VIDEO:
+            return False  # for video, finish the ladder: the figures must tell 1.5 from 5
         self.up.abort(now)
         self.down.abort(now)
-        self.stop_reason = "settled" if precise else "precision_reserve"
+        self.stop_reason = "settled"
         return True
 
     def _loss_precise(self) -> bool:
@@ -454,46 +453,15 @@ class ClientSession:
             rtt_ms=rtt,
             rtt_loaded_ms=percentile(loaded, 50) if loaded else None,
             **a.audio(rtt, [up_loss, down_loss], [up_jitter, down_jitter]),
-            up=DirectionMetrics(up_kbps, up_least, up_loss, up_jitter, up_counts.expected),
+            up=DirectionMetrics(up_kbps, up_least, up_loss, up_jitter, up_counts.expected,
+                                loss_interval_pct(up_counts.lost, up_counts.expected)),
             down=DirectionMetrics(down_kbps, down_least, down_loss, down_jitter,
-                                  down_counts.expected),
+                                  down_counts.expected,
+                                  loss_interval_pct(down_counts.lost, down_counts.expected)),
             connected=True,
         )
 
     def bounds(self) -> tuple[LinkMetrics, LinkMetrics]:
         """(optimistic, pessimistic) metrics: the best and worst the link could still turn
-        out to be, given the samples so far (Wilson intervals for loss, quartiles for RTT)."""
-        a = self._analysis()
-        calm = a.calm_rtts
-        if len(calm) >= 5:
-            rtt_lo, rtt_hi = percentile(calm, 25), percentile(calm, 75)
-        else:
-            rtt_lo, rtt_hi = 0.0, HUGE_MS
-        loss = []
-        for counts in self._loss_counts():
-            lo, hi = wilson_interval(counts.lost, counts.expected)
-            loss.append((100 * lo, 100 * hi))
-        jit = []
-        for values in (a.up_jitters, a.down_jitters):
-            if len(values) >= 20:
-                j = percentile(values, 50)
-                jit.append((j * 0.5, j * 1.5 + 2))
-            else:
-                jit.append((0.0, HUGE_MS))
-
-        def side(optimistic: bool) -> LinkMetrics:
-            k = 0 if optimistic else 1
-            rtt = rtt_lo if optimistic else rtt_hi
-            up_rate = self.up.upper_bound() if optimistic else self.up.lower_bound()
-            down_rate = self.down.upper_bound() if optimistic else self.down.lower_bound()
-            losses = [loss[0][k], loss[1][k]]
-            jitters = [jit[0][k], jit[1][k]]
-            return LinkMetrics(
-                rtt_ms=rtt,
-                mos_audio=audio_mos(rtt, losses, jitters, a.burst_ratios),
-                up=DirectionMetrics(min(up_rate, BIG_KBPS), True, losses[0], jitters[0]),
-                down=DirectionMetrics(min(down_rate, BIG_KBPS), True, losses[1], jitters[1]),
-                connected=True,
-            )
-
-        return side(True), side(False)
+        out to be, given the samples so far (`session_bounds.bounds`)."""
+        return bounds(self._analysis(), self._loss_counts(), self.up, self.down)
