@@ -111,7 +111,16 @@ def judge(row: AccuracyRow) -> list[str]:
         d = m.get(name) or {}
         loss, kbps, at_least = d.get("loss_pct"), d.get("kbps"), d.get("kbps_at_least")
         if truth_loss is not None and truth_loss <= LOSS_MAX_JUDGED and loss is not None:
-            if abs(loss - truth_loss) > LOSS_PTS:
+            # A check that stopped once its verdict was certain reports a coarser loss
+            # figure with its 95 % interval (docs/protocol.md, "Stopping"): the truth must
+            # then lie in the interval.
+            interval = d.get("loss_interval_pct")
+            coarse = isinstance(interval, list) and len(interval) == 2 and \
+                (interval[1] - interval[0]) / 2 > LOSS_PTS
+            if coarse and not interval[0] <= truth_loss <= interval[1]:
+                problems.append(f"{name} loss {loss:.1f} % [{interval[0]:.1f}, "
+                                f"{interval[1]:.1f}] misses true {truth_loss:g}")
+            elif not coarse and abs(loss - truth_loss) > LOSS_PTS:
                 problems.append(f"{name} loss {loss:.1f} % vs true {truth_loss:g}")
         if truth_rate is None or kbps is None or row.trace:
             continue

@@ -292,3 +292,23 @@ async def test_check_over_blocked_udp_without_relay_says_udp_blocked_quickly() -
     assert row.wall_s <= 8.0, detail  # found out well before the 12 s connect timeout
     assert row.exit_code == EXIT["unknown"], detail
     assert "Traceback" not in row.stderr
+
+
+def test_judge_takes_a_coarse_loss_figure_by_its_interval() -> None:
+    from netprobe.lab.accuracy import AccuracyRow
+
+    def row(down: dict[str, object]) -> AccuracyRow:
+        result = {"verdict": "audio_only", "metrics": {"up": {}, "down": down}}
+        return AccuracyRow(
+            profile="p", expected=("audio_only",), verdict="audio_only", wall_s=1.0,
+            result=result, true_rtt_ms=None, true_loss=(None, 8.0), true_rate=(None, None),
+            trace=False, exit_code=0)
+
+    # stopped early (half-width 4 points): judged by its interval, which holds the truth
+    assert judge(row({"loss_pct": 6.1, "loss_interval_pct": [4.0, 12.0]})) == []
+    assert judge(row({"loss_pct": 2.0, "loss_interval_pct": [1.0, 7.0]})) == [
+        "down loss 2.0 % [1.0, 7.0] misses true 8"]
+    # precise (half-width 1 point): judged to 1.5 points as before
+    assert judge(row({"loss_pct": 6.1, "loss_interval_pct": [5.1, 7.1]})) == [
+        "down loss 6.1 % vs true 8"]
+    assert judge(row({"loss_pct": 6.1})) == ["down loss 6.1 % vs true 8"]
