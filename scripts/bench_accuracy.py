@@ -5,8 +5,9 @@
 
 For each profile of config/lab-profiles.toml that has an expectation (and no mid-run phases),
 runs a real check over the link lab and prints: profile, expected verdict(s), the verdict got,
-time to verdict (from starting the check process), and measured/true RTT, loss and throughput
-per direction; then a summary line. Needs root and /dev/net/tun (the link lab).
+time to verdict (from starting the check process), measured/true RTT, loss and throughput
+per direction, and the bytes the check put on the link; then a summary (verdicts, time to
+verdict, bytes per check on the clean link). Needs root and /dev/net/tun (the link lab).
 Exit status 1 if any verdict is wrong, a figure is out of tolerance or a verdict takes over
 15 s; 3 if the lab cannot run here; 130 if stopped by Ctrl-C or SIGTERM (after the summary
 of the runs so far).
@@ -53,7 +54,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 row = await check_on_profile(profile)
                 rows.append(row)
-                print(format_row(row), flush=True)
+                print(format_row(row) + f"  [{_bytes(row)}]", flush=True)
 
     def report() -> int:
         if not rows:
@@ -62,6 +63,10 @@ def main() -> int:
         wrong = [r for r in rows if not r.verdict_ok]
         bad_video = [r for r in rows if r.verdict == "video" and "video" not in r.expected]
         figures = [r for r in rows if r.verdict_ok and not r.ok]
+        clean = [r.link_bytes for r in rows if r.profile == "clean"]
+        if clean:
+            print(f"bytes on the link per check, clean: median {statistics.median(clean) / 1e6:.2f}"
+                  f" MB, max {max(clean) / 1e6:.2f} MB (target <= 1.2 MB)")
         print(f"\nverdicts right: {len(rows) - len(wrong)}/{len(rows)}; video on a link that "
               f"cannot hold it: {len(bad_video)}; time to verdict: median "
               f"{statistics.median(walls):.1f} s, max {max(walls):.1f} s "
@@ -70,6 +75,10 @@ def main() -> int:
         return 1 if wrong or bad_video or figures or max(walls) > MAX_WALL_S else 0
 
     return benchkit.run("bench_accuracy", measure, report, needs_lab=True)
+
+
+def _bytes(row: AccuracyRow) -> str:
+    return f"{row.link_bytes / 1e6:.2f} MB"
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ class AccuracyRow:
     """Reason codes the result must carry (all of them)."""
     expected_path: str | None = None
     """The media path the result must report; None: not judged."""
+    link_bytes: int = 0
+    """IP bytes the check put on the emulated link, both directions (signalling included)."""
 
     @property
     def verdict_ok(self) -> bool:
@@ -183,6 +185,8 @@ async def check_on_profile(
                 stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(client.communicate(), timeout)
             wall = time.monotonic() - t0
+            stats = lab.stats()
+            link_bytes = stats.up.delivered_bytes + stats.down.delivered_bytes
     try:
         result = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -201,6 +205,7 @@ async def check_on_profile(
         stderr=err.decode(errors="replace")[-2000:],
         expected_reasons=expect.reasons if expect else (),
         expected_path=expect.path if expect else None,
+        link_bytes=link_bytes,
     )
     row.problems.extend(judge(row))
     return row

@@ -112,8 +112,8 @@ async def run_check_attempts(
     def failure(reason: Reason) -> tuple[CheckResult, tuple[Attempt, ...]]:
         return _failure(reason, started_at, t0, local, shown_server), tuple(attempts)
 
+    conn: Connected | None = None
     try:
-        conn: Connected | None = None
         try:
             connect_s = min(cfg.connect_timeout_s, cfg.max_duration_s - 1)
             async with asyncio.timeout(connect_s + 0.5):  # connect_check keeps to connect_s
@@ -155,12 +155,19 @@ async def run_check_attempts(
             pacer.start()
         # The session runs at the deadline it names and when echoes arrive (several echoes in
         # ECHO_BATCH_S are judged together): never on a poll.
+        connected_at = time.monotonic()
         while True:
             now = time.monotonic()
             wake_at = session.step(now)
             progress(session.progress(now))
             if wake_at is None or pc.connectionState != "connected":
                 break
+            if session.rtt_estimate is None and now - connected_at >= NO_ECHO_S:
+                break  # connected, but not one echo: the media path is dead (the verdict below)
+            if session.rtt_estimate is None:
+                wake_at = min(wake_at, connected_at + NO_ECHO_S)
+            elif conn.prober is not None:
+                await conn.stop_probing()  # echoes flow: the session measures from here
             for pacer in pacers:
                 pacer.wake()  # a new rung may have started
             wake.clear()
@@ -172,6 +179,7 @@ async def run_check_attempts(
             batch_until = min(wake_at, now + ECHO_BATCH_S)
             if pc.connectionState == "connected" and time.monotonic() < batch_until:
                 await asyncio.sleep(batch_until - time.monotonic())
+        await conn.stop_probing()
         stopped_early = session.stop_reason not in (None, "deadline") and \
             session.stopped_early
         metrics = session.metrics()
@@ -192,6 +200,8 @@ async def run_check_attempts(
             path=conn.path, paths_tried=tuple(conn.tried), connect=conn.connect_json(),
         ), tuple(attempts)
     finally:
+        if conn is not None:
+            await conn.stop_probing()
         for pacer in pacers:
             await pacer.stop()
         if peer is not None:
@@ -211,8 +221,12 @@ def _unreachable(detail: str) -> Reason:
         f"cannot get online, call your therapist by phone.")
 
 
-#: A check that finds UDP blocked answers within this long of its start, TCP test included.
-UDP_BLOCKED_ANSWER_S = 5.5
+#: Connected, yet not one echo this long after: the reflector's side of the connection never
+#: completed (a DTLS flight lost for good on a very lossy link), so nothing will be measured.
+NO_ECHO_S = 3.0
+#: A check that finds UDP blocked answers within this long of its start, TCP test included
+#: (issue 9: 6 s from starting the process; its start-up takes some 0.5 s).
+UDP_BLOCKED_ANSWER_S = 5.0
 
 
 async def _path_failure(failed: PathFailed, settings: Settings, started_at: datetime,

@@ -183,6 +183,15 @@ class Connected:
     pair: dict[str, str] | None = None
     tcp_evidence: ConnectEvidence | None = None
     """The TCP handshakes' evidence, when the answer was slow enough to start them."""
+    prober: StunProber | None = None
+    """The direct path's prober, still running until `stop_probing`."""
+
+    async def stop_probing(self) -> None:
+        """Stop the prober (at the first echo, or at the end), its evidence kept."""
+        if self.prober is not None:
+            await self.prober.stop()
+            self.evidence = self.prober.evidence(time.monotonic())
+            self.prober = None
 
     def connect_json(self) -> dict[str, Any]:
         return connect_json(self.evidence, self.tcp_evidence, self.pair)
@@ -346,13 +355,15 @@ async def connect_check(urls: tuple[str, ...], settings: Settings, deadline: flo
 
     try:
         outcome = await _direct(peer, prober, settings, deadline, start_relays, before)
-        await prober.stop()
         evidence = prober.evidence(time.monotonic()) if prober.available else None
         tried.append({"path": "direct", "outcome": outcome})
         if outcome == "connected":
             kept = peer
+            # the prober goes on until the first echo (`Connected.stop_probing`): if none
+            # comes, what it saw meanwhile is the evidence
             return Connected(peer, url, "direct", tried, evidence, selected_pair(peer.pc),
-                             before)
+                             before, prober if prober.available else None)
+        await prober.stop()
         if outcome != "udp_blocked" or not relays:
             raise PathFailed(outcome, url, evidence, tried, before)
         await peer.pc.close()
@@ -384,7 +395,8 @@ async def connect_check(urls: tuple[str, ...], settings: Settings, deadline: flo
             await peer.pc.close()
         raise
     finally:
-        await prober.stop()
+        if kept is not peer:
+            await prober.stop()
         for task in preps.values():
             task.cancel()
         for task in preps.values():
