@@ -93,10 +93,10 @@ def test_probe_round_trip(p: Probe, size: int) -> None:
 def test_echo_round_trip(e: Echo) -> None:
     data = encode_echo(e)
     # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 7 per down entry (!hIB),
-    # then (with rung reports or draining) a flags byte and 8 bytes of tail per rung report
+    # then (with rung reports or draining) a flags byte and 16 bytes of tails per rung report
     flags = 1 if e.up_rungs or e.draining else 0
     assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 7 * len(e.down_sent) + flags \
-        + 8 * len(e.up_rungs)
+        + 16 * len(e.up_rungs)
     assert packet_type(data) == TYPE_ECHO
     assert decode_echo(data) == e
 
@@ -156,7 +156,7 @@ def test_echo_down_sent_finished_flags() -> None:
     data = encode_echo(e)
     # the down entries close the packet's core: count byte, then !hIB per entry (then the
     # flags byte and a tail per rung report)
-    core = len(data) - (1 + 8 * len(e.up_rungs)) if e.up_rungs else len(data)
+    core = len(data) - (1 + 16 * len(e.up_rungs)) if e.up_rungs else len(data)
     tail = data[core - (1 + 2 * 7):core]
     assert tail[0] == 2
     assert tail[1:8] == struct.pack("!hIB", 0, 120, 1)
@@ -245,9 +245,9 @@ def _echo_length(data: bytes) -> int | None:
     if len(data) <= down_count_at:
         return None
     core = down_count_at + 1 + 7 * data[down_count_at]
-    # an optional flags byte; with ECHO_FLAG_TAILS, a tail (!II) per rung report follows
+    # an optional flags byte; with ECHO_FLAG_TAILS, the tails (!IIII) of each rung report follow
     if len(data) > core and data[core] & wire.ECHO_FLAG_TAILS:
-        return core + 1 + 8 * n_rungs
+        return core + 1 + 16 * n_rungs
     return core
 
 

@@ -41,11 +41,12 @@ def test_truncated_echo_raises_at_every_length() -> None:
     e = _echo_example()
     data = encode_echo(e)
     assert decode_echo(data) == e
-    core = len(data) - (1 + 8 * len(e.up_rungs)) if e.up_rungs else len(data)
+    core = len(data) - (1 + 16 * len(e.up_rungs)) if e.up_rungs else len(data)
     for k in range(len(data)):
         if k == core:  # an echo without the optional trailer: as an older reflector sends
             old = decode_echo(data[:k])
-            assert old.up_rungs == tuple(replace(r, tail_packets=0, tail_bytes=0)
+            assert old.up_rungs == tuple(replace(r, tail_packets=0, tail_bytes=0, end_packets=0,
+                                                 end_bytes=0)
                                          for r in e.up_rungs)
             continue
         with pytest.raises(ProtocolError):
@@ -55,7 +56,7 @@ def test_truncated_echo_raises_at_every_length() -> None:
 @given(echoes)
 def test_truncated_echo_property(e: Echo) -> None:
     data = encode_echo(e)
-    core = len(data) - (1 + 8 * len(e.up_rungs)) if e.up_rungs else len(data)
+    core = len(data) - (1 + 16 * len(e.up_rungs)) if e.up_rungs else len(data)
     if e.draining and not e.up_rungs:
         core -= 1
     for k in range(0, len(data), 3):

@@ -11,9 +11,10 @@ rate and its queue holds packets back, so a rung above the link's capacity fails
 rate it was delivered at is the capacity estimate. The ladder stops at the first failure, or
 after the top rung passes (then the link can do *at least* that much).
 
-A rung also fails when its *tail* (the last quarter of its arrival span, `measure.tail_kbps`)
-arrived at less than `SUSTAIN_RATIO` of the rung's own rate: a token bucket (a policer or a
-shaper) let the start of the ladder through at the line rate and then emptied. The rung's tail
+A rung also fails when its *tail* (the last third of its arrival span, `measure.tail_kbps`)
+arrived at less than `SUSTAIN_RATIO` of the rate the link was seen to deliver (the rung's own,
+or an earlier rung's that passed): a token bucket (a policer or a shaper) let the start of the
+ladder through at the line rate and then emptied. The rung's tail
 rate is then the capacity estimate: the rate the link sustains, which is what a call gets
 once its first seconds have used up the bucket. A bottleneck without a bucket delivers the
 tail as fast as the rest, so it never looks like this. A bucket larger than what the ladder
@@ -22,10 +23,12 @@ sends in a direction cannot be seen (docs/protocol.md, "Sustained rate").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from netprobe.core.measure import (
+    END_SHARE,
     LOAD_OVERHEAD_BYTES,
     delivered_kbps,
     tail_kbps,
@@ -42,9 +45,11 @@ IDLE_MARGIN_S = 0.1
 #: A sender that sent this much less than the rung's rate was held back by its own machine
 #: (a busy CPU), not by the link.
 SENDER_SHORTFALL = 0.05
-#: A rung whose tail arrived slower than this share of the rung's delivered rate ran into an
-#: emptied token bucket (module docstring).
-SUSTAIN_RATIO = 0.5
+#: A rung whose tail arrived slower than this share of the rate the link was seen to deliver
+#: (this rung's, or an earlier passed rung's) ran into an emptied token bucket (module
+#: docstring). A plain bottleneck delivers a failing rung's tail at its capacity, which is at
+#: least the last passed rung's rate: far above this share of it.
+SUSTAIN_RATIO = 0.6
 #: ...judged only on a rung of which at least this many packets arrived.
 MIN_SUSTAIN_PACKETS = 24
 
@@ -88,8 +93,12 @@ class RungObservation:
     last_at: float
     """Receiver clock at the latest arrival."""
     tail_packets: int = 0
-    """Packets that arrived in the last quarter of the arrival span (`RungArrivals.tail`)."""
+    """Packets that arrived in the last third of the arrival span (`RungArrivals.tail`)."""
     tail_bytes: int = 0
+    """Their payload bytes."""
+    end_packets: int = 0
+    """Packets that arrived in the last sixth of the arrival span."""
+    end_bytes: int = 0
     """Their payload bytes."""
 
 
@@ -232,9 +241,20 @@ class Ladder:
             return rate is not None and ratio >= self.pass_ratio * keep \
                 and rate >= self.pass_ratio * keep * sent_kbps
 
-        tail = tail_kbps(obs.tail_packets, obs.tail_bytes, obs.first_at, obs.last_at)
-        emptied = tail is not None and rate is not None and obs.received >= \
-            MIN_SUSTAIN_PACKETS and tail < SUSTAIN_RATIO * min(rate, sent_kbps)
+        # the slower of the last third and the last sixth (a bucket emptying late in the rung)
+        tails = [x for x in (
+            tail_kbps(obs.tail_packets, obs.tail_bytes, obs.first_at, obs.last_at),
+            tail_kbps(obs.end_packets, obs.end_bytes, obs.first_at, obs.last_at,
+                      share=END_SHARE)) if x is not None]
+        tail = min(tails) if tails else None
+        # The rate the link has been seen to deliver: this rung's, or a passed rung's before
+        # it (a bucket that emptied early in this rung leaves only the earlier rungs' rate).
+        shown = [min(r.rung.rate_kbps, r.delivered_kbps) for r in self.results.values()
+                 if r.passed and r.delivered_kbps is not None]
+        if rate is not None:
+            shown.append(min(rate, sent_kbps))
+        emptied = tail is not None and obs.received >= MIN_SUSTAIN_PACKETS and \
+            tail < SUSTAIN_RATIO * max(shown, default=0.0)
         passed = passes(base_loss) and not emptied
         return RungResult(rung, passed, rate, ratio, final, sent_kbps,
                           loss_allowed=passed and not passes(min(likely_loss, base_loss)),
@@ -252,7 +272,11 @@ class Ladder:
         sustained = self.sustained_kbps()
         if sustained is not None:
             return (sustained, False)
-        rates = [r.delivered_kbps for r in self.results.values() if r.delivered_kbps is not None]
+        # A failed rung counts at the rate it ended at (its tail, if slower than the rung):
+        # on a plain bottleneck the same, after a bucket that emptied late in it, lower.
+        rates = [min(r.delivered_kbps, r.tail_kbps or math.inf) if not r.passed
+                 else r.delivered_kbps
+                 for r in self.results.values() if r.delivered_kbps is not None]
         if rates:
             return (max(rates), False)
         # Nothing (or a single packet) arrived: proven only once the evidence was final.

@@ -216,10 +216,11 @@ class RungArrivals:
             self.timed.popleft()
         return True
 
-    def tail(self) -> tuple[int, int]:
-        """(packets, payload bytes) that arrived in the last `TAIL_SHARE` of the arrival span
-        so far: `tail_kbps` turns them into the rate the rung ended at."""
-        since = self.last_at - TAIL_SHARE * (self.last_at - self.first_at)
+    def tail(self, share: float | None = None) -> tuple[int, int]:
+        """(packets, payload bytes) that arrived in the last `share` (default `TAIL_SHARE`)
+        of the arrival span so far: `tail_kbps` turns them into the rate the rung ended at."""
+        since = self.last_at - (TAIL_SHARE if share is None else share) * \
+            (self.last_at - self.first_at)
         packets = size = 0
         for at, n in reversed(self.timed):
             if at < since:
@@ -228,24 +229,34 @@ class RungArrivals:
             size += n
         return packets, size
 
+    def tails(self) -> tuple[int, int, int, int]:
+        """`tail()` over the last third and over the last sixth (`END_SHARE`) of the span:
+        a bucket that empties late in a rung shows only in the shorter one."""
+        return (*self.tail(), *self.tail(END_SHARE))
 
-#: A rung's tail: the last quarter of its arrival span (a token bucket that empties within
+
+#: A rung's tail: the last third of its arrival span (a token bucket that empties within
 #: the rung shows there as a rate far below the rung's; `core.ladder`).
-TAIL_SHARE = 0.25
+TAIL_SHARE = 1 / 3
+#: ...and its end, the last sixth (enough packets there only on a fast enough rung).
+END_SHARE = 1 / 6
 #: At least this many packets in the tail for its rate to mean anything.
-MIN_TAIL_PACKETS = 6
+MIN_TAIL_PACKETS = 5
 #: Arrival times kept per rung (a rung has a few hundred packets).
 MAX_TIMED_ARRIVALS = 4096
 
 
 def tail_kbps(packets: int, payload_bytes: int, first_at: float, last_at: float,
-              overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
+              overhead: int = LOAD_OVERHEAD_BYTES, share: float = TAIL_SHARE) -> float | None:
     """The arrival rate over a rung's tail (`RungArrivals.tail`), kbit/s of wire bytes; None
     with fewer than `MIN_TAIL_PACKETS` packets in it or no time span."""
-    span = TAIL_SHARE * (last_at - first_at)
+    span = share * (last_at - first_at)
     if packets < MIN_TAIL_PACKETS or span <= 0:
         return None
-    return (payload_bytes + packets * overhead) * 8 / span / 1000
+    # n arrivals in the span are n - 1 gaps of it, as in `delivered_kbps`: without that, the
+    # few packets of a slow tail (5 at a policer's rate) read 25 % fast.
+    wire = payload_bytes + packets * overhead
+    return wire * (packets - 1) / packets * 8 / span / 1000
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

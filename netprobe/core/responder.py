@@ -245,7 +245,7 @@ class Responder:
         reports = tuple(  # counts a u32 cannot hold would stop the echo stream: clamped
             RungReport(i, min(c.seqs.received, _U32), min(c.payload_bytes, _U32), c.first_at,
                        c.last_at, c.seqs.lowest or 0, max(c.seqs.highest, 0),
-                       *(min(x, _U32) for x in c.tail()))
+                       *(min(x, _U32) for x in c.tails()))
             for i in recent for c in (self._up[i],)
         )
         down = tuple((i, self._down_sent[i], i in self._down_finished)

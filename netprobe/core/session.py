@@ -421,7 +421,8 @@ class ClientSession:
         if report is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
         return RungObservation(sent, report.packets, report.payload_bytes, report.first_at,
-                               report.last_at, report.tail_packets, report.tail_bytes)
+                               report.last_at, report.tail_packets, report.tail_bytes,
+                               report.end_packets, report.end_bytes)
 
     def _observe_down(self, rung: int) -> RungObservation | None:
         rx = self._down_rx.get(rung)
@@ -429,7 +430,8 @@ class ClientSession:
         sent = max(self._down_sent.get(rung, 0), got)
         if rx is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
-        return RungObservation(sent, got, rx.payload_bytes, rx.first_at, rx.last_at, *rx.tail())
+        return RungObservation(sent, got, rx.payload_bytes, rx.first_at, rx.last_at,
+                               *rx.tails())
 
     # -- results ---------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ NO_RUNG = -1
 ECHO_FLAG_DRAINING = 0x01
 #: Bit of the flags byte: after it, each uplink rung report's tail (`_TAIL`), in order.
 ECHO_FLAG_TAILS = 0x02
-_TAIL = struct.Struct("!II")
+_TAIL = struct.Struct("!IIII")
 
 #: Smallest load packet: header plus fields.
 LOAD_MIN_SIZE = _HEADER.size + _LOAD.size
@@ -95,9 +95,13 @@ class RungReport:
     highest_seq: int
     """Highest load sequence number seen in the rung."""
     tail_packets: int = 0
-    """Packets that arrived in the last quarter of the rung's arrival span (0 from a
+    """Packets that arrived in the last third of the rung's arrival span (0 from a
     reflector that does not report it: docs/protocol.md, "Packet formats")."""
     tail_bytes: int = 0
+    """Their payload bytes."""
+    end_packets: int = 0
+    """Packets that arrived in the last sixth of the arrival span."""
+    end_bytes: int = 0
     """Their payload bytes."""
 
 
@@ -209,7 +213,8 @@ def encode_echo(e: Echo) -> bytes:
     if flags:
         parts.append(bytes([flags]))
     if flags & ECHO_FLAG_TAILS:
-        parts += [_TAIL.pack(r.tail_packets, r.tail_bytes) for r in e.up_rungs]
+        parts += [_TAIL.pack(r.tail_packets, r.tail_bytes, r.end_packets, r.end_bytes)
+                  for r in e.up_rungs]
     return b"".join(parts)
 
 
@@ -239,8 +244,8 @@ def decode_echo(data: bytes) -> Echo:
         offset += 1
         if flags & ECHO_FLAG_TAILS:
             tails = [_TAIL.unpack_from(data, offset + k * _TAIL.size) for k in range(n_rungs)]
-            rungs = [replace(r, tail_packets=p, tail_bytes=b)
-                     for r, (p, b) in zip(rungs, tails, strict=True)]
+            rungs = [replace(r, tail_packets=p, tail_bytes=b, end_packets=q, end_bytes=c)
+                     for r, (p, b, q, c) in zip(rungs, tails, strict=True)]
     except (struct.error, IndexError) as exc:
         raise ProtocolError("malformed echo packet") from exc
     if not (_is_time(sent_at) and _is_time(probe_sent_at) and _is_delay(hold)

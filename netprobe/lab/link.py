@@ -1,38 +1,32 @@
-"""Sans-I/O model of one direction of an emulated link.
+"""Sans-I/O model of one direction of an emulated link (docs/lab.md, "How a packet goes
+through a link", says the same for users).
 
 Nothing here reads a clock, touches a file or a socket: every method that depends on time takes
 ``now`` (seconds on any monotonic clock) as an argument, like aioquic's connection. The
 forwarder (``forwarder.py``) feeds packets in as they arrive and writes out what `Link.due`
-returns; tests drive the same object with made-up times.
+returns; tests drive the same object with made-up times. A packet goes through, in order:
 
-A packet goes through, in order:
+1. **ingress drops**: ``block_udp`` (for packets the caller marks ``udp=True``), an outage
+   window, random loss (``loss_pct``) and Gilbert-Elliott loss are decided on arrival, so a
+   dropped packet takes no queue space (as netem does);
+2. **a token-bucket policer** (``policer``, `netprobe.lab.bucket`): a packet that finds fewer
+   tokens than its size is dropped;
+3. **the bottleneck**: a drop-tail FIFO drained at a constant rate (``rate_kbps``, counting
+   whole IP packets) or at the delivery opportunities of a mahimahi trace; with neither, no
+   bottleneck. With a **shaper** (``shaper``, a token bucket) the queue's head also waits for
+   its tokens: a burst passes at the line rate (``rate_kbps``; without one at once) until the
+   bucket is empty, then the sustained rate, while the queue grows;
+4. **the propagation delay** ``delay_ms`` plus a uniform jitter sample in ``±jitter_ms``
+   (clipped at zero), after the bottleneck as mahimahi's ``mm-delay`` outside ``mm-link``.
+   Unless ``reorder`` is set, release = ``max(previous release, exit + delay + jitter)``.
+   A packet due inside an outage is dropped too.
 
-1. **ingress drops**: an outage window, random loss (``loss_pct``) and Gilbert-Elliott loss are
-   decided when the packet arrives, so a dropped packet takes no queue space (as netem does);
-2. **the bottleneck**: a drop-tail FIFO drained either at a constant rate (``rate_kbps``,
-   serialisation counts the whole IP packet) or at the delivery opportunities of a mahimahi
-   trace; with neither, there is no bottleneck;
-3. **the propagation delay** ``delay_ms`` plus a jitter sample drawn uniformly from
-   ``[-jitter_ms, +jitter_ms]`` (clipped at zero). Unless ``reorder`` is set, a packet is never
-   released before the one ahead of it: its release time is ``max(previous release,
-   exit + delay + jitter)``, so jitter without reordering also bunches packets, as on a real
-   path. The delay is applied after the bottleneck, as in mahimahi's ``mm-delay`` outside
-   ``mm-link``.
-
-A packet due for release inside an outage window is dropped too, so nothing at all crosses the
-link during an outage. With ``block_udp``, a packet the caller marks as UDP (``submit(...,
-udp=True)``; the forwarder reads the IP header) is dropped on arrival, before everything else,
-as a firewall that lets only TCP out would do.
-
-Trace semantics follow mahimahi's ``LinkQueue`` exactly: each line of a trace is one delivery
-opportunity of 1504 bytes (mahimahi's ``PACKET_SIZE``, the largest TUN frame: a 1500-byte IP
-packet plus the 4-byte packet-information header its TUN devices carry), and a packet costs its
-IP size plus those 4 bytes. So one opportunity carries exactly one full-size packet; several
-small packets can share one, a packet can span two, and an opportunity that finds the queue
-empty is lost. The trace repeats with a period equal to its last timestamp.
-
-All times in a config (outages, trace position) count from the link's ``epoch``, the moment the
-lab started, also after `Link.reconfigure`.
+Traces follow mahimahi's ``LinkQueue``: each line is one delivery opportunity of 1504 bytes
+(its ``PACKET_SIZE``: a 1500-byte IP packet plus the 4-byte TUN header), a packet costs its IP
+size plus 4, small packets share an opportunity, a packet may span two, an opportunity that
+finds the queue empty is lost, and the trace repeats with the period of its last timestamp.
+All times in a config (outages, trace position) count from the link's ``epoch``, the lab's
+start, also after `Link.reconfigure`.
 """
 
 from __future__ import annotations
@@ -46,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from netprobe.errors import ConfigError
+from netprobe.lab.bucket import BucketFill, TokenBucket
 
 P = TypeVar("P")
 
@@ -103,10 +98,8 @@ class LinkConfig:
     """Let jitter reorder packets. False keeps FIFO order (release = max(previous, own))."""
     jitter_hold_ms: float = 0.0
     """Keep each jitter sample for this long (ms) instead of drawing one per packet: the
-    path's delay then varies over time, as queueing behind cross traffic or Wi-Fi retries
-    make it do, and a fast stream sees that variation instead of having it flattened by FIFO
-    bunching (with one sample per packet, a stream much faster than 1/jitter is delayed by
-    nearly the maximum every time and shows almost no jitter)."""
+    path's delay varies over time (cross traffic, Wi-Fi retries), and a fast stream sees it
+    instead of being bunched by FIFO to nearly the maximum delay, with almost no jitter."""
     loss_pct: float = 0.0
     """Independent random loss, in percent (0..100) of packets arriving at the link."""
     gilbert: GilbertElliott | None = None
@@ -130,21 +123,22 @@ class LinkConfig:
     block_udp: bool = False
     """Drop every UDP datagram (IPv4 protocol 17 / IPv6 next header 17) in this direction, as
     a firewall that blocks UDP does; TCP and the rest pass. Counted in ``dropped_blocked``."""
+    policer: TokenBucket | None = None
+    """Token-bucket policer in front of the bottleneck: packets without tokens are dropped
+    (counted in ``dropped_policer``); ``rate_kbps`` is then the burst (line) rate."""
+    shaper: TokenBucket | None = None
+    """Token-bucket shaper: the queue's head waits for its tokens, then is sent at the line
+    rate ``rate_kbps`` (at once without one). Not with ``trace`` nor with ``policer``."""
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms", "jitter_hold_ms"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise ConfigError(
-                    f"{name} must be a finite number >= 0, got {getattr(self, name)!r}"
-                )
+            if not ((value := getattr(self, name)) >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.loss_pct <= 100.0:
             raise ConfigError(f"loss_pct must be in [0, 100], got {self.loss_pct!r}")
-        if self.rate_kbps is not None and not (
-            self.rate_kbps > 0 and math.isfinite(self.rate_kbps)
-        ):
-            raise ConfigError(
-                f"rate_kbps must be > 0 (or absent for no limit), got {self.rate_kbps!r}"
-            )
+        rate = self.rate_kbps
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
+            raise ConfigError(f"rate_kbps must be > 0 (or absent for no limit), got {rate!r}")
         for name in ("queue_packets", "queue_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -154,11 +148,10 @@ class LinkConfig:
                 raise ConfigError("give either rate_kbps or trace, not both")
             if not self.trace or self.trace[-1] <= 0:
                 raise ConfigError("a trace needs at least one timestamp and must last > 0 ms")
-            if (
-                any(b < a for a, b in zip(self.trace, self.trace[1:], strict=False))
-                or self.trace[0] < 0
-            ):
+            if self.trace[0] < 0 or list(self.trace) != sorted(self.trace):
                 raise ConfigError("trace timestamps must be >= 0 and non-decreasing")
+        if self.shaper is not None and (self.policer is not None or self.trace is not None):
+            raise ConfigError("a shaper cannot be combined with a policer or a trace")
         for window in self.outages:
             if len(window) != 2 or not 0 <= window[0] < window[1]:
                 raise ConfigError(
@@ -171,6 +164,17 @@ class LinkConfig:
         if self.trace is None:
             return None
         return len(self.trace) * 1500 * 8 / self.trace[-1]
+
+    @property
+    def queued(self) -> bool:
+        """Whether packets go through the bottleneck queue (a rate, a trace or a shaper)."""
+        return self.rate_kbps is not None or self.trace is not None or self.shaper is not None
+
+    @property
+    def sustained_kbps(self) -> float | None:
+        """The rate it keeps up (kbit/s): the bottleneck's (a trace's mean) or a bucket's."""
+        buckets = [b.rate_kbps for b in (self.policer, self.shaper) if b is not None]
+        return min(filter(None, (self.rate_kbps, self.trace_mean_kbps, *buckets)), default=None)
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ class LinkStats:
     """Packets past the bottleneck, waiting out their delay."""
     dropped_blocked: int = 0
     """Packets dropped because their protocol is blocked (``block_udp``)."""
+    dropped_policer: int = 0
+    """Packets dropped by the token-bucket policer (too few tokens when they arrived)."""
 
 
 class Link(Generic[P]):
@@ -219,14 +225,17 @@ class Link(Generic[P]):
         self._queue_bytes = 0
         self._tx: tuple[P, int] | None = None  # packet on the wire at the bottleneck
         self._tx_done = 0.0  # rate mode: when it has been serialised
+        self._free_at = epoch  # rate mode: since when the wire has been free
+        bucket = config.policer or config.shaper
+        self._bucket = BucketFill(bucket, epoch) if bucket is not None else None
         self._tx_left = 0  # trace mode: bytes it still needs
         self._opportunity = 0  # trace mode: index of the next unused opportunity
         self._line: list[tuple[float, int, P, int]] = []  # (release, seq, packet, size) heap
         self._seq = 0
         self._last_release = -math.inf
-        self._submitted = self._delivered = self._delivered_bytes = 0
-        self._dropped_loss = self._dropped_queue = self._dropped_outage = 0
-        self._dropped_blocked = 0
+        self._submitted = self._delivered = self._delivered_bytes = self._dropped_loss = 0
+        self._dropped_queue = self._dropped_outage = self._dropped_blocked = 0
+        self._dropped_policer = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -247,7 +256,12 @@ class Link(Generic[P]):
             queued=len(self._queue) + (self._tx is not None),
             in_flight=len(self._line),
             dropped_blocked=self._dropped_blocked,
+            dropped_policer=self._dropped_policer,
         )
+
+    def bucket_level(self, now: float) -> float | None:
+        """Tokens (bytes) in the policer's or shaper's bucket at ``now``; None without one."""
+        return self._bucket.level(now) if self._bucket else None
 
     def submit(self, packet: P, size: int, now: float, *, udp: bool = False) -> bool:
         """A packet of ``size`` IP bytes arrives at ``now`` (``udp``: it is a UDP datagram,
@@ -264,19 +278,24 @@ class Link(Generic[P]):
         if self._lost():
             self._dropped_loss += 1
             return False
-        if cfg.rate_kbps is None and cfg.trace is None:
+        if cfg.policer and self._bucket and not self._bucket.take(size, now):
+            self._dropped_policer += 1
+            return False
+        if not cfg.queued:
             self._to_line(packet, size, now)
             return True
-        if self._tx is None and not self._queue:
-            self._start_idle(packet, size, now)
-            return True
-        if (cfg.queue_packets is not None and len(self._queue) >= cfg.queue_packets) or (
-            cfg.queue_bytes is not None and self._queue_bytes + size > cfg.queue_bytes
+        idle = self._tx is None and not self._queue  # an idle bottleneck takes any packet
+        if not idle and (
+            (cfg.queue_packets is not None and len(self._queue) >= cfg.queue_packets)
+            or (cfg.queue_bytes is not None and self._queue_bytes + size > cfg.queue_bytes)
         ):
             self._dropped_queue += 1
             return False
+        if idle:
+            self._free_at = now
         self._queue.append((packet, size))
         self._queue_bytes += size
+        self._advance(now)  # an idle bottleneck starts it (a shaper: once it has tokens)
         return True
 
     def due(self, now: float) -> list[P]:
@@ -303,6 +322,8 @@ class Link(Generic[P]):
                 event = self._opportunity_time(self._opportunity)
         elif self._tx is not None:
             event = self._tx_done
+        elif self._queue:  # the head waits for the shaper's tokens
+            event = self._head_start()
         if event is None:
             return deadline
         return event if deadline is None else min(deadline, event)
@@ -310,41 +331,42 @@ class Link(Generic[P]):
     def reconfigure(self, config: LinkConfig, now: float) -> None:
         """Switch to ``config`` at ``now``, keeping the packets already in the link.
 
-        Packets past the bottleneck keep their release times (they are on the wire). Queued
-        packets stay queued and drain at the new rate or trace; a packet being serialised at a
-        constant rate keeps the part already sent. A queue deeper than the new limit is not cut
-        (arrivals are dropped until it is below the limit), and a link without bottleneck
-        releases the queue at once. The random generators carry on (the new seed is ignored).
+        Packets past the bottleneck keep their release times. Queued packets stay and drain at
+        the new rate or trace; a packet being serialised at a constant rate keeps the part
+        already sent. A queue deeper than the new limit is not cut (arrivals are dropped until
+        it is below), and a link without bottleneck releases the queue at once. A token bucket
+        keeps its fill (capped at the new depth, refilling at the new rate, also from policer
+        to shaper); one that appears starts full. The random generators carry on (the new
+        seed is ignored).
         """
         self._advance(now)
         old = self._config
         self._config = config
         if config.gilbert is None:
             self._ge_bad = False
-        if self._tx is None:
-            if self._queue:  # cannot happen in a consistent state, kept for safety
-                packet, size = self._queue.popleft()
-                self._queue_bytes -= size
-                self._start_idle(packet, size, now)
-            return
-        if old.rate_kbps is not None and config.rate_kbps is not None:
-            left_s = max(0.0, self._tx_done - now) * old.rate_kbps / config.rate_kbps
-            self._tx_done = now + left_s
-            return
-        # Mode change (rate <-> trace <-> none): restart the packet on the wire.
-        packet, size = self._tx
-        self._tx = None
-        self._queue.appendleft((packet, size))
-        self._queue_bytes += size
-        if config.rate_kbps is None and config.trace is None:
+        bucket = config.policer or config.shaper
+        if bucket is None or self._bucket is None:
+            self._bucket = None if bucket is None else BucketFill(bucket, now)
+        else:
+            self._bucket.reconfigure(bucket, now)
+        if self._tx is not None:
+            if old.trace is None and config.trace is None and config.queued:
+                assert old.rate_kbps is not None  # a packet on the wire: it was serialising
+                rate = config.rate_kbps
+                left_s = 0.0 if rate is None else (self._tx_done - now) * old.rate_kbps / rate
+                self._tx_done = now + max(0.0, left_s)
+                return
+            # Mode change (rate <-> trace <-> none): restart the packet on the wire.
+            self._queue.appendleft(self._tx)
+            self._queue_bytes += self._tx[1]
+            self._tx = None
+        self._free_at = max(self._free_at, now)
+        if not config.queued:
             while self._queue:
                 packet, size = self._queue.popleft()
                 self._to_line(packet, size, now)
             self._queue_bytes = 0
-            return
-        packet, size = self._queue.popleft()
-        self._queue_bytes -= size
-        self._start_idle(packet, size, now)
+        self._advance(now)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -389,40 +411,52 @@ class Link(Generic[P]):
         self._seq += 1
         heapq.heappush(self._line, (release, self._seq, packet, size))
 
-    def _start_idle(self, packet: P, size: int, now: float) -> None:
-        """Put a packet on an idle bottleneck at ``now``."""
+    def _head_start(self) -> float:
+        """When the queue's head may go on the wire: once free and (shaper) it has tokens."""
+        if self._config.shaper is None:
+            return self._free_at
+        assert self._bucket is not None
+        return max(self._free_at, self._bucket.ready_at(self._queue[0][1]))
+
+    def _start_head(self, start: float) -> None:
+        """Put the queue's head on the wire at ``start``."""
         cfg = self._config
+        packet, size = self._queue.popleft()
+        self._queue_bytes -= size
         self._tx = (packet, size)
+        if cfg.shaper is not None:
+            assert self._bucket is not None
+            self._bucket.spend(size, start)
         if cfg.trace is not None:
             self._tx_left = size + TUN_FRAMING_BYTES
             # Opportunities that passed while the queue was empty are lost (mahimahi burns
             # every opportunity up to and including the current millisecond before enqueueing).
-            self._opportunity = self._first_opportunity_after(now)
-        else:
-            assert cfg.rate_kbps is not None
-            self._tx_done = now + size * 8.0 / (cfg.rate_kbps * 1000.0)
+            self._opportunity = self._first_opportunity_after(start)
+        else:  # no rate: a shaper alone sends at once
+            rate = cfg.rate_kbps
+            self._tx_done = start + (0.0 if rate is None else size * 8.0 / (rate * 1000.0))
 
     def _advance(self, now: float) -> None:
         """Run the bottleneck up to ``now``: move serialised packets into the delay line."""
-        if self._tx is None:
-            return
-        cfg = self._config
-        if cfg.trace is not None:
+        if self._config.trace is not None:
+            if self._tx is None and self._queue:
+                self._start_head(self._free_at)
             self._advance_trace(now)
             return
-        assert cfg.rate_kbps is not None
-        bits_per_s = cfg.rate_kbps * 1000.0
-        while self._tx is not None and self._tx_done <= now:
-            packet, size = self._tx
-            done = self._tx_done
-            self._to_line(packet, size, done)
-            if self._queue:
-                packet, size = self._queue.popleft()
-                self._queue_bytes -= size
-                self._tx = (packet, size)
-                self._tx_done = done + size * 8.0 / bits_per_s
-            else:
+        while True:
+            if self._tx is not None:
+                if self._tx_done > now:
+                    return
+                packet, size = self._tx
                 self._tx = None
+                self._free_at = self._tx_done
+                self._to_line(packet, size, self._tx_done)
+            if not self._queue:
+                return
+            start = self._head_start()
+            if start > now:
+                return
+            self._start_head(start)
 
     def _advance_trace(self, now: float) -> None:
         while self._tx is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from netprobe.errors import ConfigError
+from netprobe.lab.bucket import TokenBucket
 from netprobe.lab.link import GilbertElliott, LinkConfig
 
 #: The project root when running from the source tree (``netprobe/lab/profiles.py`` → root).
@@ -38,6 +39,7 @@ PATHS = ("direct", "relay_udp", "relay_tcp", "relay_tls")
 
 _LINK_KEYS = {f.name for f in dataclasses.fields(LinkConfig)} - {"trace_name"}
 _GILBERT_KEYS = {f.name for f in dataclasses.fields(GilbertElliott)}
+_BUCKET_KEYS = {f.name for f in dataclasses.fields(TokenBucket)}
 
 
 class TraceUnavailable(ConfigError):
@@ -330,6 +332,9 @@ def _link_config(path: Path, where: str, raw: Any) -> LinkConfig:
             raise ConfigError(f"{where}.gilbert: needs p_good_to_bad and p_bad_to_good") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}.gilbert: {exc}") from None
+    for key in ("policer", "shaper"):
+        if key in raw:
+            kwargs[key] = _bucket(f"{where}.{key}", raw[key])
     if "outages" in raw:
         kwargs["outages"] = _outages(where + ".outages", raw["outages"])
     if "trace" in raw:
@@ -366,6 +371,24 @@ def _resolve_trace(toml_path: Path, text: str, where: str) -> Path:
     raise TraceUnavailable(
         f"{where}: trace file {text!r} not found (looked for {looked}){_TRACES_HINT}"
     )
+
+
+def _bucket(where: str, raw: Any) -> TokenBucket:
+    """A ``policer``/``shaper`` table: ``{ rate_kbps = SUSTAINED, burst_bytes = DEPTH }``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table {{ rate_kbps = ..., burst_bytes = ... }}")
+    _check_keys(where, raw, _BUCKET_KEYS)
+    missing = sorted(_BUCKET_KEYS - set(raw))
+    if missing:
+        raise ConfigError(f"{where}: needs rate_kbps and burst_bytes (missing {missing[0]})")
+    rate = _number(f"{where}.rate_kbps", raw["rate_kbps"])
+    burst = raw["burst_bytes"]
+    if not isinstance(burst, int) or isinstance(burst, bool):
+        raise ConfigError(f"{where}.burst_bytes: expected a whole number, got {burst!r}")
+    try:
+        return TokenBucket(rate_kbps=rate, burst_bytes=burst)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _outages(where: str, raw: Any) -> tuple[tuple[float, float], ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ REQUIRED = {
     "loss-3", "loss-8", "loss-30", "wifi-bursty", "heavy-jitter", "satellite", "extreme-rtt",
     "gprs", "dead", "verizon-lte", "tmobile-umts", "att-lte", "degrade-midrun",
 }  # fmt: skip
+#: Token-bucket profiles (issue 10): direction policed or shaped, kind, sustained, bucket, verdict.
+BUCKET_PROFILES = {
+    "policer-up-50k": ("up", "policer", 400, 50_000, "audio_only"),
+    "policer-up-200k": ("up", "policer", 400, 200_000, "audio_only"),
+    "policer-up-100k": ("up", "policer", 400, 100_000, "audio_only"),
+    "policer-down-200k": ("down", "policer", 400, 200_000, "audio_only"),
+    "policer-down-50k": ("down", "policer", 400, 50_000, "audio_only"),
+    "shaper-up": ("up", "shaper", 400, 250_000, "audio_only"),
+    "shaper-down": ("down", "shaper", 300, 150_000, "audio_only"),
+    "policer-2m": ("both", "policer", 2000, 50_000, "video"),
+    "mobile-quota": ("both", "shaper", 128, 30_000, "audio_only"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +66,9 @@ def test_expectations_match_the_links(profiles: dict[str, netprobe.lab.Profile])
             if link.gilbert is not None:
                 true_loss = 100 * link.gilbert.mean_loss
             assert loss == pytest.approx(true_loss, abs=0.01), name
-            capacity = link.rate_kbps if link.trace is None else link.trace_mean_kbps
+            # the sustained rate: the bottleneck's, or a policer's or shaper's if lower
             if rate is not None:
-                assert rate == pytest.approx(capacity, rel=0.01), name
+                assert rate == pytest.approx(link.sustained_kbps, rel=0.01), name
 
 
 def test_degrade_midrun_phases(profiles: dict[str, netprobe.lab.Profile]) -> None:
@@ -90,6 +104,32 @@ def test_udp_blocking_and_connect_breaking_profiles(
         assert profile.up.seed is None and profile.down.seed is None
         assert profile.expect is not None and profile.expect.verdicts == ("phone",)
     assert not profiles["clean"].relay and not profiles["clean"].up.block_udp
+
+
+def test_token_bucket_profiles(profiles: dict[str, netprobe.lab.Profile]) -> None:
+    video_min_kbps = 600  # the rule at the top of the profiles file (Zoom 1:1)
+    for name, (direction, kind, sustained, burst, verdict) in BUCKET_PROFILES.items():
+        profile = profiles[name]
+        assert profile.expect is not None and profile.expect.verdicts == (verdict,), name
+        assert 20 <= (profile.expect.rtt_ms or 0) <= 60, name
+        for side in ("up", "down"):
+            link = getattr(profile, side)
+            bucket = getattr(link, kind)
+            if direction in (side, "both"):
+                assert bucket is not None and bucket.rate_kbps == sustained, name
+                assert bucket.burst_bytes == burst, name
+                # a line much faster than the bucket: the burst is what fools a short test
+                assert link.rate_kbps is not None and link.rate_kbps >= 10_000, name
+            else:
+                assert link.policer is None and link.shaper is None, name
+        # labelled from the sustained rate, never from the line rate
+        slowest = min(link.sustained_kbps or math.inf for link in (profile.up, profile.down))
+        assert (slowest >= video_min_kbps) == (verdict == "video"), name
+    # both directions policed with several buckets, a shaper each way
+    kinds = {(d, k) for d, k, *_ in BUCKET_PROFILES.values()}
+    assert {("up", "policer"), ("down", "policer"), ("up", "shaper"), ("down", "shaper")} <= kinds
+    up_policed = [b for d, k, _, b, _ in BUCKET_PROFILES.values() if (d, k) == ("up", "policer")]
+    assert len(set(up_policed)) >= 3
 
 
 def test_trace_profiles_replay_the_shared_traces(
@@ -178,6 +218,22 @@ def test_a_malformed_trace_is_an_error_in_the_data_not_a_missing_file(tmp_path: 
         ('links_from = "nope"', r"links_from: 'nope' must name a profile"),
         ("up = {}\ndown = {}\n[profiles.p.expect]\nverdicts = ['great']", r"expect.verdicts"),
         ("up = { block_udp = 1 }\ndown = {}", r"up.block_udp: expected true or false"),
+        ("up = { policer = 400 }\ndown = {}", r"up.policer: expected a table \{ rate_kbps"),
+        ("up = { policer = { rate_kbps = 400 } }\ndown = {}",
+         r"up.policer: needs rate_kbps and burst_bytes \(missing burst_bytes\)"),
+        ("up = {}\ndown = { shaper = { rate_kbps = 400, burst_bytes = 100, x = 1 } }",
+         r"down.shaper: unknown key 'x'"),
+        ("up = {}\ndown = { shaper = { rate_kbps = 400, burst_bytes = 100 } }",
+         r"down.shaper: burst_bytes must be a whole number >= 1500"),
+        ("up = { shaper = { rate_kbps = -1, burst_bytes = 2000 } }\ndown = {}",
+         r"up.shaper: rate_kbps must be a finite number > 0"),
+        ("up = { policer = { rate_kbps = 400, burst_bytes = 2e5 } }\ndown = {}",
+         r"up.policer.burst_bytes: expected a whole number, got 200000.0"),
+        ("up = { policer = { rate_kbps = '4', burst_bytes = 2000 } }\ndown = {}",
+         r"up.policer.rate_kbps: expected a number"),
+        ("up = { policer = { rate_kbps = 4, burst_bytes = 2000 }, shaper = "
+         "{ rate_kbps = 4, burst_bytes = 2000 } }\ndown = {}",
+         r"\[profiles.p\].up: a shaper cannot be combined with a policer"),
         ('relay = "yes"\nup = {}\ndown = {}', r"\[profiles.p\].relay: expected true or false"),
         (
             "up = {}\ndown = {}\n[profiles.p.expect]\nverdicts = ['video']\nreasons = 'x'",
@@ -217,7 +273,7 @@ def test_exported_members() -> None:
     assert set(netprobe.lab.__all__) == {
         name for name in dir(netprobe.lab) if not name.startswith("_")
     } - {"cli", "errors", "forwarder", "link", "linklab", "netns", "profiles", "udpmeter",
-         "accuracy", "coturn", "certs"}
+         "accuracy", "coturn", "certs", "bucket"}
 
 
 def test_every_link_key_in_the_starter_set_reaches_the_link_config(
@@ -235,4 +291,6 @@ def test_every_link_key_in_the_starter_set_reaches_the_link_config(
                 if key in ("gilbert", "trace", "outages"):
                     continue
                 got = getattr(getattr(profiles[name], side), key)
+                if key in ("policer", "shaper"):
+                    got = dataclasses.asdict(got)
                 assert got == value, f"{name}.{side}.{key}: {got!r} != {value!r}"
