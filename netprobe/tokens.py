@@ -125,18 +125,18 @@ def parse_keys(text: str, where: str) -> Keyring:
     return Keyring(tuple(keys))
 
 
-def load_keys(path: Path | str) -> Keyring:
-    """Read and check the secret file: a regular file, readable, not readable or writable by
-    group or others (POSIX), holding good keys. Raises ConfigError naming the file."""
+def read_secret_file(path: Path | str, what: str) -> str:
+    """The text of a secret file, checked: a regular file, readable, not readable or writable
+    by group or others (POSIX). Raises ConfigError naming the file (`what`: "token secret")."""
     path = Path(path)
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{path}: not a regular file")
         if os.name == "posix" and info.st_mode & 0o077:
-            raise ConfigError(f"{path}: others can read the token secret (mode "
+            raise ConfigError(f"{path}: others can read the {what} (mode "
                               f"{stat.S_IMODE(info.st_mode):o}); run `chmod 600 {path}`")
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except PermissionError:
@@ -145,7 +145,12 @@ def load_keys(path: Path | str) -> Keyring:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    return parse_keys(text, str(path))
+
+
+def load_keys(path: Path | str) -> Keyring:
+    """Read and check the secret file (`read_secret_file`), holding good keys. Raises
+    ConfigError naming the file."""
+    return parse_keys(read_secret_file(path, "token secret"), str(path))
 
 
 def issue(keyring: Keyring, scope: str, now: float, ttl_s: float | None = None,

@@ -16,13 +16,12 @@ import base64
 import hashlib
 import hmac
 import math
-import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from netprobe.errors import ConfigError
+from netprobe.tokens import read_secret_file
 
 MIN_TURN_SECRET_CHARS = 16
 """Shortest `static-auth-secret` accepted (anyone who guesses it can use the relay)."""
@@ -64,26 +63,9 @@ def parse_turn_secret(text: str, where: str) -> TurnSecret:
 
 
 def load_turn_secret(path: Path | str) -> TurnSecret:
-    """Read and check the secret file: a regular file, readable, not readable or writable by
-    group or others (POSIX), holding one good secret. Raises ConfigError naming the file."""
-    path = Path(path)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        if os.name == "posix" and info.st_mode & 0o077:
-            raise ConfigError(f"{path}: others can read the TURN secret (mode "
-                              f"{stat.S_IMODE(info.st_mode):o}); run `chmod 600 {path}`")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: not readable (permission denied)") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    return parse_turn_secret(text, str(path))
+    """Read and check the secret file (`tokens.read_secret_file`), holding one good secret.
+    Raises ConfigError naming the file."""
+    return parse_turn_secret(read_secret_file(path, "TURN secret"), str(path))
 
 
 def password_for(secret: TurnSecret, username: str) -> str:

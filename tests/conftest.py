@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,3 +61,14 @@ async def reflector(loopback_ice: None, reflector_settings: ReflectorSettings,
         await r.stop()
     destroyed = [rec for rec in caplog.records if "Task was destroyed" in rec.getMessage()]
     assert not destroyed, "a task was left pending: " + destroyed[0].getMessage()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A UDP port that takes every datagram and answers none (no ICMP either)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import os
 import random
 import shutil
@@ -16,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from procs import free_port
+
+from netprobe.lab.certs import ThrowawayCA
 
 
 def need_turnserver() -> str:
@@ -70,33 +66,12 @@ async def _listening(port: int, proc: asyncio.subprocess.Process, log: Path) -> 
 
 
 def test_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """A test CA and a certificate for 127.0.0.1 (its SAN) signed by it: (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netprobe test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "fullchain.pem", directory / "privkey.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
+    """A test CA and a certificate for 127.0.0.1 (its SAN) signed by it: (ca, cert, key)
+    (`netprobe.lab.certs.ThrowawayCA`)."""
+    ca = ThrowawayCA(directory)
+    cert, key = directory / "fullchain.pem", directory / "privkey.pem"
+    ca.issue(cert, key, "127.0.0.1")
+    return ca.file, cert, key
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "turnserver.conf"

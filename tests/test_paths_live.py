@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -38,17 +37,6 @@ async def test_a_direct_check_says_its_path_and_evidence(reflector: Reflector,
     assert doc["connect"]["stun_answered"] > 0 or doc["connect"]["udp_from_server"] > 0
     assert doc["tcp"] is None
     assert not [r for r in doc["reasons"] if r["code"] in ("udp_blocked", "relayed")]
-
-
-@pytest.fixture
-def black_hole() -> Iterator[int]:
-    """A UDP port that takes every datagram and answers none (no ICMP either)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 class _Proxy:

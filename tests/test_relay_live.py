@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,16 +29,6 @@ TURN_SECRET = "relay-" + "r" * 32
 async def turn(tmp_path: Path) -> AsyncIterator[Coturn]:
     async with coturn(tmp_path, TURN_SECRET) as server:
         yield server
-
-
-@pytest.fixture
-def black_hole() -> Iterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 class BlockingProxy:

@@ -11,10 +11,8 @@ took the client's address from X-Forwarded-For when, and only when, the proxy is
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import shutil
@@ -31,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from procs import CHILD_ENV, NETPROBE, free_port
+
+from netprobe.lab.certs import ThrowawayCA
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,40 +55,12 @@ class Proxy:
 
 
 def _cert(dir: Path) -> tuple[Path, Path, Path]:
-    """A test CA and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netprobe test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                       crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False,
-                                       decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = dir / "ca.pem", dir / "fullchain.pem", dir / "privkey.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    paths[2].chmod(0o600)
-    return paths
+    """A test CA and a certificate for 127.0.0.1 (its SAN) signed by it: (ca, cert, key)
+    (`netprobe.lab.certs.ThrowawayCA`)."""
+    ca = ThrowawayCA(dir)
+    cert, key = dir / "fullchain.pem", dir / "privkey.pem"
+    ca.issue(cert, key, "127.0.0.1")
+    return ca.file, cert, key
 
 
 def _templated(https: int, http: int, upstream: int, cert: Path, key: Path) -> str:

@@ -234,13 +234,8 @@ class Pacer:
         self._woken.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
@@ -253,6 +248,16 @@ class Pacer:
                 await self._woken.wait()
             else:  # a packet pushed behind schedule yields too: never a busy loop
                 await asyncio.sleep(max(0.0, next_at - now))
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 async def sample_offer_sdp() -> str:

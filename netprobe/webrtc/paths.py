@@ -38,6 +38,7 @@ from netprobe.core.connect import (
     judge_signalling_final,
 )
 from netprobe.core.failover import Attempt
+from netprobe.webrtc.engine import cancel_and_wait
 from netprobe.webrtc.relays import RelayFailed, prepare_relay, relay_servers
 from netprobe.webrtc.signalling import AttemptFailed, Peer, apply_answer, offer_in_turn, post_offer
 from netprobe.webrtc.tcpprobe import START_AFTER_S, TcpProber
@@ -95,13 +96,8 @@ class StunProber:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def evidence(self, now: float) -> ConnectEvidence:
         answered = len(self._rtts)
