@@ -157,6 +157,8 @@ class EchoSeen:
     rtt: float
     """Round trip in seconds as the client reckons it (its clock at arrival, minus the
     probe's send time, minus the reflector's hold)."""
+    probe_seq: int = -1
+    """The answered probe's number."""
 
 
 @dataclass
@@ -252,8 +254,15 @@ class SimResult:
         from the session's own counters."""
         out: list[tuple[str, int]] = []
         prev_seq, prev_t, prev_hi = -1, self.session.started_at, -1
+        # the uplink counts from the first report that settled every probe before the first
+        # one known to have arrived (analyse)
+        start = min((e.probe_seq for e in self.echoes if e.probe_seq >= 0), default=0)
+        based = False
         for e in sorted(self.echoes, key=lambda x: x.seq):
-            if self.calm(prev_t, e.probe_sent_at, "up") and e.up_highest > prev_hi:
+            if not based:
+                if e.up_highest >= start - 1:
+                    based, prev_hi = True, e.up_highest
+            elif self.calm(prev_t, e.probe_sent_at, "up") and e.up_highest > prev_hi:
                 out += [("probe", k) for k in range(prev_hi + 1, e.up_highest + 1)] \
                     if direction == "up" else []
             if self.calm(prev_t, e.probe_sent_at, "down") and direction == "down":
@@ -372,7 +381,8 @@ def simulate(link: LinkSpec, seed: int = 0, settings: ProbeSettings | None = Non
                         echo.seq, echo.probe_sent_at, echo.up_probes_highest,
                         echo.up_probes_received, t, up_jitter_at_echo[echo.seq],
                         true_down_jitter.jitter * 1000,
-                        round_trip_s(c_clock(t), echo.probe_sent_at, echo.hold)))
+                        round_trip_s(c_clock(t), echo.probe_sent_at, echo.hold),
+                        echo.probe_seq))
                 session.on_echo(echo, c_clock(t))
                 control_loop_woken(t)
         except Exception as exc:

@@ -97,9 +97,17 @@ def test_random_loss_verdict_and_accounting(rate: float) -> None:
 @pytest.mark.parametrize("rate", [pytest.param(x, marks=[])
                                   for x in LOSS_RATES])
 def test_random_loss_unbiased_over_seeds(rate: float) -> None:
-    values = [getattr(result(f"loss {rate:g}%", s).metrics, d).loss_pct
-              for s in LOSS_SEEDS for d in ("up", "down")]
-    assert abs(statistics.fmean(values) - rate) <= 1.5, values
+    """Over seeds the figure centres on the true rate, to within the precision the checks
+    stopped at (a check on a link with clearly too much loss stops as soon as its verdict is
+    certain, with fewer samples: issue 10), and each figure's interval holds the truth."""
+    metrics = [getattr(result(f"loss {rate:g}%", s).metrics, d)
+               for s in LOSS_SEEDS for d in ("up", "down")]
+    values = [m.loss_pct for m in metrics]
+    halves = [half_width_pts(m)[0] for m in metrics]
+    tolerance = max(1.5, 2 * statistics.fmean(halves) / len(metrics) ** 0.5)
+    assert abs(statistics.fmean(values) - rate) <= tolerance, (values, tolerance)
+    assert sum(m.loss_interval_pct[0] <= rate <= m.loss_interval_pct[1] for m in metrics) \
+        >= len(metrics) - 1, [m.loss_interval_pct for m in metrics]
 
 
 PRECISION_SEEDS = range(100)

@@ -47,6 +47,8 @@ class EchoSample:
     """The client's downlink jitter estimate right after this echo, seconds."""
     index: int
     """Order of arrival (for the jitter estimator's warm-up)."""
+    probe_seq: int = -1
+    """The answered probe's number (-1: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,22 @@ def analyse(samples: list[EchoSample], started_at: float, flooded_until: float |
     up_lost = up_expected = 0
     down_counts = Counts()
     up_runs, down_runs = LossRuns(), LossRuns()
+    # The uplink counts from the first echo's report on: probes sent before the reflector's
+    # side of the connection was up (its DTLS handshake may finish a retransmission later
+    # than ours) never reached its counters, and are not the link's loss.
+    # Its counters settle a reorder window behind the newest probe, so the base is the first
+    # report that has settled every probe before the first one known to have arrived.
     prev_seq, prev_t, prev_lost, prev_hi = -1, started_at, 0, -1
+    arrived = [s.probe_seq for s in samples if s.probe_seq >= 0]
+    start = min(arrived) if arrived else 0
+    based = False
     for s in sorted(samples, key=lambda x: x.seq):
         t = s.probe_sent_at
         lost_so_far = s.up_highest + 1 - s.up_received
-        if not _meets(prev_t, t, up_w):
+        if not based:
+            if s.up_highest >= start - 1:
+                based, prev_lost, prev_hi = True, lost_so_far, s.up_highest
+        elif not _meets(prev_t, t, up_w):
             up_lost += lost_so_far - prev_lost
             up_expected += max(0, s.up_highest - prev_hi)
             up_runs.add_stretch(s.up_highest - prev_hi, lost_so_far - prev_lost)

@@ -207,7 +207,7 @@ class ClientSession:
             self._samples.append(EchoSample(
                 echo.seq, echo.probe_sent_at, rtt, echo.up_probes_received,
                 echo.up_probes_highest, echo.up_jitter, self._down_jitter.jitter,
-                len(self._samples)))
+                len(self._samples), echo.probe_seq))
 
     def on_down_load(self, load: Load, payload_size: int, now: float) -> None:
         if not 0 <= load.rung < len(self.rungs):
