@@ -358,3 +358,11 @@ def test_an_older_reflector_without_tails_judges_as_before() -> None:
     ladder.start(0.0)
     result = ladder.evaluate(1.0, lambda i: old, 0.0, lambda i: True, TIMEOUT)
     assert result is not None and not result.bucket_emptied and result.tail_kbps is None
+
+
+def test_tails_off_over_a_tcp_relay_judges_as_before() -> None:
+    ladder, obs = _observed(3200, 3200, 400)
+    plain = Ladder(ladder.rungs, ladder.duration, PASS_RATIO, tails=False)
+    plain.start(0.0)
+    result = plain.evaluate(1.0, lambda i: obs, 0.0, lambda i: True, TIMEOUT)
+    assert result is not None and not result.bucket_emptied and result.tail_kbps is None

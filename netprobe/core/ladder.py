@@ -133,10 +133,14 @@ class RungResult:
 
 
 class Ladder:
-    def __init__(self, rungs: tuple[Rung, ...], duration: float, pass_ratio: float = 0.85):
+    def __init__(self, rungs: tuple[Rung, ...], duration: float, pass_ratio: float = 0.85,
+                 tails: bool = True):
         if not rungs:
             raise ValueError("a ladder needs at least one rung")
         self.rungs = rungs
+        self.tails = tails
+        """Judge rungs on their tails too (token buckets). Off over a TCP relay: TCP's own
+        stalls and retransmissions shape the arrivals there, not a bucket."""
         self.duration = duration
         self.pass_ratio = pass_ratio
         self._current: int | None = None
@@ -253,6 +257,8 @@ class Ladder:
                  if r.passed and r.delivered_kbps is not None]
         if rate is not None:
             shown.append(min(rate, sent_kbps))
+        if not self.tails:
+            tail = None
         emptied = tail is not None and obs.received >= MIN_SUSTAIN_PACKETS and \
             tail < SUSTAIN_RATIO * max(shown, default=0.0)
         passed = passes(base_loss) and not emptied

@@ -105,15 +105,16 @@ class Progress:
 
 class ClientSession:
     def __init__(self, settings: ProbeSettings, thresholds: Thresholds, now: float,
-                 deadline: float | None = None):
+                 deadline: float | None = None, tails: bool = True):
         self.settings = settings
         self.thresholds = thresholds
         self.started_at = now
         self.deadline = now + settings.max_duration_s if deadline is None else deadline
         """When the engine will stop regardless (same clock as `now`)."""
         self.rungs = make_ladder(settings.ladder_kbps, settings.rung_pps)
-        self.up = Ladder(self.rungs, settings.rung_duration_s, settings.pass_ratio)
-        self.down = Ladder(self.rungs, settings.rung_duration_s, settings.pass_ratio)
+        # `tails`: judge rungs on their tails (token buckets); not over a TCP relay
+        self.up = Ladder(self.rungs, settings.rung_duration_s, settings.pass_ratio, tails)
+        self.down = Ladder(self.rungs, settings.rung_duration_s, settings.pass_ratio, tails)
         self._probe_seq = 0
         self._echoes = SequenceTracker()
         self._samples: list[EchoSample] = []

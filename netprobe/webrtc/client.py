@@ -144,7 +144,8 @@ async def run_check_attempts(
             return failure(_unreachable(str(exc)))
 
         now = time.monotonic()
-        session = ClientSession(cfg, settings.thresholds, now, check_deadline(t0, cfg))
+        session = ClientSession(cfg, settings.thresholds, now, check_deadline(t0, cfg),
+                                tails=conn.path not in ("relay_tcp", "relay_tls"))
         wake = asyncio.Event()
         """Set when an echo arrives or the connection changes state."""
         pc.on("connectionstatechange", wake.set)
