@@ -23,7 +23,6 @@ sends in a direction cannot be seen (docs/protocol.md, "Sustained rate").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +49,9 @@ SENDER_SHORTFALL = 0.05
 #: docstring). A plain bottleneck delivers a failing rung's tail at its capacity, which is at
 #: least the last passed rung's rate: far above this share of it.
 SUSTAIN_RATIO = 0.6
+#: A failed rung whose tail arrived slower than this share of the rung counts at its tail's
+#: rate (the rate it ended at); closer than that, the difference is timing noise.
+TAIL_DROP = 0.85
 #: ...judged only on a rung of which at least this many packets arrived.
 MIN_SUSTAIN_PACKETS = 24
 
@@ -278,10 +280,11 @@ class Ladder:
         sustained = self.sustained_kbps()
         if sustained is not None:
             return (sustained, False)
-        # A failed rung counts at the rate it ended at (its tail, if slower than the rung):
-        # on a plain bottleneck the same, after a bucket that emptied late in it, lower.
-        rates = [min(r.delivered_kbps, r.tail_kbps or math.inf) if not r.passed
-                 else r.delivered_kbps
+        # A failed rung counts at the rate it ended at when its tail was clearly slower
+        # (`TAIL_DROP`): after a bucket that emptied late in it; a plain bottleneck's tail is
+        # as fast as the rest, give or take timing noise.
+        rates = [r.tail_kbps if not r.passed and r.tail_kbps is not None
+                 and r.tail_kbps < TAIL_DROP * r.delivered_kbps else r.delivered_kbps
                  for r in self.results.values() if r.delivered_kbps is not None]
         if rates:
             return (max(rates), False)
