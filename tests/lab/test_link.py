@@ -9,30 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from linkdrive import drain, run_stream
 
 from netprobe.errors import ConfigError
 from netprobe.lab.forwarder import is_udp
 from netprobe.lab.link import GilbertElliott, Link, LinkConfig
 from netprobe.lab.profiles import Phase, Profile, TraceUnavailable, load_trace
-
-
-def drain(link: Link[int], until: float = math.inf) -> list[tuple[int, float]]:
-    """Run the link's own deadlines up to ``until``: (packet, exact release time)."""
-    out: list[tuple[int, float]] = []
-    while (deadline := link.next_deadline()) is not None and deadline <= until:
-        out.extend((p, deadline) for p in link.due(deadline))
-    return out
-
-
-def run_stream(link: Link[int], arrivals: list[tuple[float, int]]) -> list[tuple[int, float]]:
-    """Feed (time, size) arrivals in order, releasing everything due on the way."""
-    out: list[tuple[int, float]] = []
-    for i, (t, size) in enumerate(arrivals):
-        out += drain(link, t)
-        link.submit(i, size, t)
-        out += [(p, t) for p in link.due(t)]
-    return out + drain(link)
-
 
 # -- delay and jitter ------------------------------------------------------------------------
 
