@@ -6,10 +6,18 @@ import asyncio
 import os
 import socket
 import sys
+from pathlib import Path
 
 NETPROBE = [sys.executable, "-m", "netprobe"]
 #: A child that leaves a coroutine unawaited fails, as the tests themselves do.
 CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+
+
+def secret_file(path: Path, text: str) -> Path:
+    """Write a secret file as the reflector requires one (readable by its owner only)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
 
 
 def free_port() -> int:

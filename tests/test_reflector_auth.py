@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from agent_support import until
 from offers import offer_sdp
-from procs import CHILD_ENV, NETPROBE, free_port, serve, stop
+from procs import CHILD_ENV, NETPROBE, free_port, secret_file, serve, stop
 
 from netprobe.agent.runtime import AgentRuntime
 from netprobe.agent.worker import IsolatedMonitorLink
@@ -32,10 +32,7 @@ FAKE_SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 
 @pytest.fixture
 def secret_path(tmp_path: Path) -> Path:
-    path = tmp_path / "token-secret"
-    path.write_text(f"k1 = {SECRET}\n")
-    path.chmod(0o600)
-    return path
+    return secret_file(tmp_path / "token-secret", f"k1 = {SECRET}\n")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from coturn_support import Coturn, coturn
-from procs import free_port
+from procs import free_port, secret_file
 
 from netprobe.config import ReflectorSettings, Settings
 from netprobe.webrtc.client import MonitorLink, run_check
@@ -62,12 +62,9 @@ class BlockingProxy:
 async def relayed(loopback_ice: None, tmp_path: Path, turn: Coturn, black_hole: int,
                   request: pytest.FixtureRequest) -> AsyncIterator[tuple[BlockingProxy, str]]:
     urls, secret = getattr(request, "param", (("tcp",), TURN_SECRET))
-    secret_file = tmp_path / "turn-secret"
-    secret_file.write_text(secret + "\n")
-    secret_file.chmod(0o600)
     reflector = Reflector(ReflectorSettings(
         host="127.0.0.1", port=0, turn_urls=tuple(turn.url(u) for u in urls),
-        turn_secret_file=str(secret_file)))
+        turn_secret_file=str(secret_file(tmp_path / "turn-secret", secret + "\n"))))
     await reflector.start()
     proxy = BlockingProxy(reflector.url, black_hole)
     app = web.Application()

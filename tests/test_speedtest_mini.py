@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from procs import secret_file
 
 from netprobe.config import ReflectorSettings
 from netprobe.errors import AccessDenied, ProtocolError, ServerUnreachable
@@ -50,10 +51,7 @@ async def served(app: web.Application) -> tuple[web.AppRunner, str]:
 
 @pytest.fixture
 def secret_path(tmp_path: Path) -> Path:
-    path = tmp_path / "token-secret"
-    path.write_text(f"k1 = {SECRET}\n")
-    path.chmod(0o600)
-    return path
+    return secret_file(tmp_path / "token-secret", f"k1 = {SECRET}\n")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from offers import offer_sdp
+from procs import secret_file
 
 from netprobe.config import ReflectorSettings
 from netprobe.tokens import (
@@ -67,9 +68,7 @@ def test_offers_racing_in_two_workers_take_at_most_three(tmp_path: Path) -> None
 
 
 def test_a_gate_allows_the_retries_and_refuses_the_fourth(tmp_path: Path) -> None:
-    path = tmp_path / "tokens"
-    path.write_text("k1 = " + "k" * 40 + "\n")
-    path.chmod(0o600)
+    path = secret_file(tmp_path / "tokens", "k1 = " + "k" * 40 + "\n")
     keys = load_keys(path)
     gate = Gate(keys, False, "0.0.0.0")
     bearer = f"Bearer {issue(keys, 'check', NOW)}"
@@ -83,9 +82,7 @@ def test_a_gate_allows_the_retries_and_refuses_the_fourth(tmp_path: Path) -> Non
 
 async def test_a_reflector_takes_a_check_tokens_retries_then_refuses(
         loopback_ice: None, tmp_path: Path) -> None:
-    path = tmp_path / "tokens"
-    path.write_text("k1 = " + "k" * 40 + "\n")
-    path.chmod(0o600)
+    path = secret_file(tmp_path / "tokens", "k1 = " + "k" * 40 + "\n")
     r = Reflector(ReflectorSettings(host="127.0.0.1", port=0, token_secret_file=str(path)))
     await r.start()
     token = issue(load_keys(path), "check", time.time())

@@ -23,7 +23,7 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 from coturn_support import Coturn, coturn
 from offers import offer_sdp
-from procs import CHILD_ENV, NETPROBE, free_port
+from procs import CHILD_ENV, NETPROBE, free_port, secret_file
 
 from netprobe.config import ReflectorSettings
 from netprobe.errors import ConfigError
@@ -42,13 +42,6 @@ TURN_SECRET = "turn-" + "t" * 32
 TOKEN_SECRET = "s3cret-" + "x" * 40
 
 
-def secret_file(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture
 async def turn(tmp_path: Path) -> AsyncIterator[Coturn]:
     async with coturn(tmp_path, TURN_SECRET) as server:
@@ -59,9 +52,9 @@ async def secured(tmp_path: Path, server: Coturn, turn_secret: str = TURN_SECRET
                   **changes: Any) -> Reflector:
     settings = ReflectorSettings(**{
         "host": "127.0.0.1", "port": 0,
-        "token_secret_file": str(secret_file(tmp_path, "tokens", f"k1 = {TOKEN_SECRET}\n")),
+        "token_secret_file": str(secret_file(tmp_path / "tokens", f"k1 = {TOKEN_SECRET}\n")),
         "turn_urls": (server.url("udp"), server.url("tcp")),
-        "turn_secret_file": str(secret_file(tmp_path, "turn-secret", turn_secret + "\n")),
+        "turn_secret_file": str(secret_file(tmp_path / "turn-secret", turn_secret + "\n")),
         **changes})
     r = Reflector(settings)
     await r.start()
@@ -120,7 +113,7 @@ def test_a_bad_turn_secret_is_refused_with_the_reason(text: str, reason: str) ->
 
 def test_a_turn_secret_file_others_can_read_or_that_is_missing_is_refused(tmp_path: Path
                                                                         ) -> None:
-    path = secret_file(tmp_path, "turn", TURN_SECRET)
+    path = secret_file(tmp_path / "turn", TURN_SECRET)
     assert load_turn_secret(path).value == TURN_SECRET.encode()
     assert TURN_SECRET not in repr(load_turn_secret(path))
     path.chmod(0o644)
@@ -287,12 +280,12 @@ async def test_sighup_rereads_the_secret_keeps_it_if_bad_and_checks_again(
         assert r.turn.ok == {}  # start() does not wait for the self-check
         await until(lambda: len(events("turn_checked")) >= 2, 10, "the first self-check")
         assert r.turn.ok == {"1": 0, "2": 0}
-        secret_file(tmp_path, "turn-secret", "\n")
+        secret_file(tmp_path / "turn-secret", "\n")
         r.reload()  # what SIGHUP calls
         failed = events("reflector_reload_failed")
         assert failed and failed[-1].what == "turn" and "empty" in failed[-1].error
         assert r.turn.secret is not None and r.turn.secret.value.startswith(b"wrong-")
-        secret_file(tmp_path, "turn-secret", TURN_SECRET + "\n")
+        secret_file(tmp_path / "turn-secret", TURN_SECRET + "\n")
         r.reload()
         assert events("reflector_reloaded")[-1].what == "turn"
         await until(lambda: r.turn.ok == {"1": 1, "2": 1}, 10,
@@ -312,8 +305,8 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_turn_settings_stop_serve_at_start_with_the_reason(tmp_path: Path) -> None:
-    good = secret_file(tmp_path, "turn", TURN_SECRET)
-    empty = secret_file(tmp_path, "empty", "")
+    good = secret_file(tmp_path / "turn", TURN_SECRET)
+    empty = secret_file(tmp_path / "empty", "")
     for args, words in (
             (("--turn-url", "turn:127.0.0.1:3478"), "turn_secret_file"),
             (("--turn-secret-file", str(good)), "turn_urls"),
@@ -337,7 +330,7 @@ async def test_serve_with_workers_checks_its_relays_in_one_process(
     proc = await asyncio.create_subprocess_exec(
         *NETPROBE, "serve", "--port", str(port), "--workers", "2",
         "--turn-url", turn.url("udp"), "--turn-url", turn.url("tcp"),
-        "--turn-secret-file", str(secret_file(tmp_path, "turn", TURN_SECRET)),
+        "--turn-secret-file", str(secret_file(tmp_path / "turn", TURN_SECRET)),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=CHILD_ENV)
     assert proc.stderr is not None
     lines: list[dict[str, Any]] = []
