@@ -186,6 +186,19 @@ def test_a_jump_counts_the_numbers_in_between_as_missing() -> None:
     assert t.add(50) is False and t.stale == 1  # far below the new highest: too old to tell
 
 
+def test_a_reflector_cannot_report_a_tail_larger_than_its_rung() -> None:
+    session = ClientSession(ProbeSettings(), Thresholds(), 0.0)
+    session._up_sent[0] = 100
+    session._up_reports[0] = RungReport(0, 50, 6000, 1.0, 1.5, 0, 99, 2**32 - 1, 2**32 - 1,
+                                        2**32 - 1, 2**32 - 1)
+    obs = session._observe_up(0)
+    assert obs is not None and (obs.tail_packets, obs.tail_bytes) == (50, 6000)
+    assert (obs.end_packets, obs.end_bytes) == (50, 6000)
+    session._up_reports[0] = RungReport(0, 50, 6000, 1.0, 1.5, 0, 99, 20, 2400, 30, 9000)
+    obs = session._observe_up(0)
+    assert obs is not None and (obs.end_packets, obs.end_bytes) == (20, 2400)
+
+
 def test_rung_arrivals_bounded_too() -> None:
     rung = RungArrivals()
     for seq in (2**32 - 1, 0, 2**31, 7, 2**32 - 1):
@@ -317,7 +330,8 @@ hostile_echoes = st.builds(
     probe_sent_at=TIMES, hold=DELAYS, up_probes_received=U32,
     up_probes_highest=st.integers(-1, 2**32 - 2), up_jitter=DELAYS,
     up_rungs=st.lists(st.builds(RungReport, st.integers(0, 2**15 - 1), U32, U32, TIMES, TIMES,
-                                U32, U32), max_size=MAX_ECHO_ENTRIES).map(tuple),
+                                U32, U32, U32, U32, U32, U32),
+                      max_size=MAX_ECHO_ENTRIES).map(tuple),
     down_sent=st.lists(st.tuples(st.integers(0, 2**15 - 1), U32, st.booleans()),
                        max_size=MAX_ECHO_ENTRIES).map(tuple))
 

@@ -421,9 +421,12 @@ class ClientSession:
         report = self._up_final.get(rung) or self._up_reports.get(rung)
         if report is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
+        # Bounded (lesson 11): a tail is part of the rung, and the rung's end part of the tail.
+        tail_p = min(report.tail_packets, report.packets)
+        tail_b = min(report.tail_bytes, report.payload_bytes)
         return RungObservation(sent, report.packets, report.payload_bytes, report.first_at,
-                               report.last_at, report.tail_packets, report.tail_bytes,
-                               report.end_packets, report.end_bytes)
+                               report.last_at, tail_p, tail_b,
+                               min(report.end_packets, tail_p), min(report.end_bytes, tail_b))
 
     def _observe_down(self, rung: int) -> RungObservation | None:
         rx = self._down_rx.get(rung)
