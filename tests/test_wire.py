@@ -36,6 +36,7 @@ from netprobe.core.wire import (
     encode_echo,
     encode_load,
     encode_probe,
+    has_tails,
     packet_type,
 )
 from netprobe.errors import ConfigError, NetprobeError, ProtocolError
@@ -93,10 +94,11 @@ def test_probe_round_trip(p: Probe, size: int) -> None:
 def test_echo_round_trip(e: Echo) -> None:
     data = encode_echo(e)
     # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 7 per down entry (!hIB),
-    # then (with rung reports or draining) a flags byte and 16 bytes of tails per rung report
-    flags = 1 if e.up_rungs or e.draining else 0
+    # then (with tails or draining) a flags byte, and with tails 16 bytes per rung report
+    tails = has_tails(e)  # all-zero tails are left out
+    flags = 1 if tails or e.draining else 0
     assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 7 * len(e.down_sent) + flags \
-        + 16 * len(e.up_rungs)
+        + (16 * len(e.up_rungs) if tails else 0)
     assert packet_type(data) == TYPE_ECHO
     assert decode_echo(data) == e
 
@@ -156,7 +158,7 @@ def test_echo_down_sent_finished_flags() -> None:
     data = encode_echo(e)
     # the down entries close the packet's core: count byte, then !hIB per entry (then the
     # flags byte and a tail per rung report)
-    core = len(data) - (1 + 16 * len(e.up_rungs)) if e.up_rungs else len(data)
+    core = len(data) - (1 + 16 * len(e.up_rungs)) if has_tails(e) else len(data)
     tail = data[core - (1 + 2 * 7):core]
     assert tail[0] == 2
     assert tail[1:8] == struct.pack("!hIB", 0, 120, 1)

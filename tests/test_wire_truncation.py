@@ -19,6 +19,7 @@ from netprobe.core.wire import (
     encode_echo,
     encode_load,
     encode_probe,
+    has_tails,
 )
 from netprobe.errors import ProtocolError
 
@@ -39,9 +40,12 @@ def test_truncated_load_raises() -> None:
 
 def test_truncated_echo_raises_at_every_length() -> None:
     e = _echo_example()
+    e = replace(e, up_rungs=tuple(replace(r, tail_packets=9, tail_bytes=900, end_packets=4,
+                                          end_bytes=400) for r in e.up_rungs))
+    assert e.up_rungs and has_tails(e)
     data = encode_echo(e)
     assert decode_echo(data) == e
-    core = len(data) - (1 + 16 * len(e.up_rungs)) if e.up_rungs else len(data)
+    core = len(data) - (1 + 16 * len(e.up_rungs)) if has_tails(e) else len(data)
     for k in range(len(data)):
         if k == core:  # an echo without the optional trailer: as an older reflector sends
             old = decode_echo(data[:k])
@@ -56,8 +60,8 @@ def test_truncated_echo_raises_at_every_length() -> None:
 @given(echoes)
 def test_truncated_echo_property(e: Echo) -> None:
     data = encode_echo(e)
-    core = len(data) - (1 + 16 * len(e.up_rungs)) if e.up_rungs else len(data)
-    if e.draining and not e.up_rungs:
+    core = len(data) - (1 + 16 * len(e.up_rungs)) if has_tails(e) else len(data)
+    if e.draining and not has_tails(e):
         core -= 1
     for k in range(0, len(data), 3):
         if k == core:

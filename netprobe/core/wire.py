@@ -209,13 +209,20 @@ def encode_echo(e: Echo) -> bytes:
     for rung, sent, finished in e.down_sent:
         parts.append(_DOWN_SENT.pack(rung, sent, 1 if finished else 0))
     # An optional flags byte, then what its bits announce: older decoders ignore it all.
-    flags = (ECHO_FLAG_DRAINING if e.draining else 0) | (ECHO_FLAG_TAILS if e.up_rungs else 0)
+    flags = (ECHO_FLAG_DRAINING if e.draining else 0) | (ECHO_FLAG_TAILS if has_tails(e) else 0)
     if flags:
         parts.append(bytes([flags]))
     if flags & ECHO_FLAG_TAILS:
         parts += [_TAIL.pack(r.tail_packets, r.tail_bytes, r.end_packets, r.end_bytes)
                   for r in e.up_rungs]
     return b"".join(parts)
+
+
+def has_tails(e: Echo) -> bool:
+    """Whether `e`'s rung reports carry any tail: all-zero tails are left out of the packet
+    (they read as zero anyway), so an echo decoded without a trailer encodes as it came."""
+    return any(r.tail_packets or r.tail_bytes or r.end_packets or r.end_bytes
+               for r in e.up_rungs)
 
 
 def decode_echo(data: bytes) -> Echo:
