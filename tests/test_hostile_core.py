@@ -186,17 +186,28 @@ def test_a_jump_counts_the_numbers_in_between_as_missing() -> None:
     assert t.add(50) is False and t.stale == 1  # far below the new highest: too old to tell
 
 
-def test_a_reflector_cannot_report_a_tail_larger_than_its_rung() -> None:
+def test_a_reflector_cannot_report_a_tail_faster_than_its_rung() -> None:
     session = ClientSession(ProbeSettings(), Thresholds(), 0.0)
     session._up_sent[0] = 100
-    session._up_reports[0] = RungReport(0, 50, 6000, 1.0, 1.5, 0, 99, 2**32 - 1, 2**32 - 1,
-                                        2**32 - 1, 2**32 - 1)
+    rate = session.rungs[0].rate_kbps
+    session._up_reports[0] = RungReport(0, 50, 6000, 1.0, 1.5, 0, 99, 1e7, 1e7)
     obs = session._observe_up(0)
-    assert obs is not None and (obs.tail_packets, obs.tail_bytes) == (50, 6000)
-    assert (obs.end_packets, obs.end_bytes) == (50, 6000)
-    session._up_reports[0] = RungReport(0, 50, 6000, 1.0, 1.5, 0, 99, 20, 2400, 30, 9000)
+    assert obs is not None and obs.tail_kbps is not None and obs.end_kbps is not None
+    assert rate <= obs.tail_kbps <= rate + 100 and obs.end_kbps == obs.tail_kbps
+    session._up_reports[0] = RungReport(0, 50, 6000, 1.0, 1.5, 0, 99, 120.0, 0.0)
     obs = session._observe_up(0)
-    assert obs is not None and (obs.end_packets, obs.end_bytes) == (20, 2400)
+    assert obs is not None and (obs.tail_kbps, obs.end_kbps) == (120.0, None)
+
+
+def test_an_old_reflectors_tail_counts_are_ignored() -> None:
+    # ECHO_FLAG_TAIL_COUNTS (0x02) and its !IIII per rung: read as an echo without tails.
+    import struct
+
+    from netprobe.core.wire import ECHO_FLAG_TAIL_COUNTS, Echo, decode_echo, encode_echo
+
+    e = Echo(1, 2.0, 3, 1.5, 0.0, 4, 3, 0.0, (RungReport(0, 50, 6000, 1.0, 1.5, 0, 99),), ())
+    data = encode_echo(e) + bytes([ECHO_FLAG_TAIL_COUNTS]) + struct.pack("!IIII", 9, 900, 4, 400)
+    assert decode_echo(data) == e
 
 
 def test_rung_arrivals_bounded_too() -> None:
@@ -330,7 +341,7 @@ hostile_echoes = st.builds(
     probe_sent_at=TIMES, hold=DELAYS, up_probes_received=U32,
     up_probes_highest=st.integers(-1, 2**32 - 2), up_jitter=DELAYS,
     up_rungs=st.lists(st.builds(RungReport, st.integers(0, 2**15 - 1), U32, U32, TIMES, TIMES,
-                                U32, U32, U32, U32, U32, U32),
+                                U32, U32, st.floats(0, 1e7), st.floats(0, 1e7)),
                       max_size=MAX_ECHO_ENTRIES).map(tuple),
     down_sent=st.lists(st.tuples(st.integers(0, 2**15 - 1), U32, st.booleans()),
                        max_size=MAX_ECHO_ENTRIES).map(tuple))

@@ -326,11 +326,11 @@ def test_wilson_symmetric(case: tuple[int, int]) -> None:
 
 
 def test_delivered_kbps_paced_load_returns_send_rate() -> None:
-    # 1000 kbit/s of wire bytes with payload 1184: 1184 + 66 = 1250 bytes = 10 000 bits per
+    # 1000 kbit/s of wire bytes with payload 1178: 1178 + 72 = 1250 bytes = 10 000 bits per
     # packet -> one packet every 10 ms. 50 packets arrive at 0, 0.01, ..., 0.49.
     # Wire bytes of all but the first: 49 * 1250 = 61 250 -> 490 000 bit / 0.49 s = 1000 kbit/s
-    assert LOAD_OVERHEAD_BYTES == 66
-    n, payload = 50, 1184
+    assert LOAD_OVERHEAD_BYTES == 72
+    n, payload = 50, 1178
     rate = delivered_kbps(n, n * payload, 0.0, (n - 1) * 0.010)
     assert rate == pytest.approx(1000.0, rel=1e-9)
 

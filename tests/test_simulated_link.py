@@ -260,8 +260,11 @@ def test_deterministic_and_clock_independent() -> None:
     assert c.metrics.rtt_ms == pytest.approx(a.metrics.rtt_ms, abs=0.1)
     for d in ("up", "down"):
         x, y = getattr(a.metrics, d), getattr(c.metrics, d)
-        assert y.loss_pct == pytest.approx(x.loss_pct, abs=0.5)
-        assert y.kbps == pytest.approx(x.kbps, rel=0.06)
+        # within the loss figure's stated precision (1.5 points): a check that stopped a
+        # moment sooner or later counted a few probes more or fewer
+        assert y.loss_pct == pytest.approx(x.loss_pct, abs=1.5)
+        if not (x.kbps_at_least or y.kbps_at_least):  # else: stopped once certain
+            assert y.kbps == pytest.approx(x.kbps, rel=0.06)
         assert y.jitter_ms == pytest.approx(x.jitter_ms, abs=0.1)
 
 

@@ -50,9 +50,10 @@ F32 = st.floats(0.0, wire.MAX_DELAY_S, width=32)  # hold and jitter travel as 4-
 
 probes = st.builds(Probe, seq=U32, sent_at=F64, down_rung=st.integers(NO_RUNG, 2**15 - 1),
                    down_rate_kbps=U32, down_size=U16, down_duration_ms=U16)
+TAIL = st.one_of(st.just(0.0), st.floats(0.0, wire.MAX_TAIL_KBPS, width=32))
 rung_reports = st.builds(
     RungReport, rung=RUNG, packets=U32, payload_bytes=U32, first_at=F64, last_at=F64,
-    lowest_seq=U32, highest_seq=U32,
+    lowest_seq=U32, highest_seq=U32, tail_kbps=TAIL, end_kbps=TAIL,
 )
 echoes = st.builds(
     Echo,
@@ -94,11 +95,11 @@ def test_probe_round_trip(p: Probe, size: int) -> None:
 def test_echo_round_trip(e: Echo) -> None:
     data = encode_echo(e)
     # header 4 + !IdIdfIIfB 41 + 34 per rung report + count byte + 7 per down entry (!hIB),
-    # then (with tails or draining) a flags byte, and with tails 16 bytes per rung report
+    # then (with tails or draining) a flags byte, and with tails 8 bytes per rung report
     tails = has_tails(e)  # all-zero tails are left out
     flags = 1 if tails or e.draining else 0
     assert len(data) == 4 + 41 + 34 * len(e.up_rungs) + 1 + 7 * len(e.down_sent) + flags \
-        + (16 * len(e.up_rungs) if tails else 0)
+        + (8 * len(e.up_rungs) if tails else 0)
     assert packet_type(data) == TYPE_ECHO
     assert decode_echo(data) == e
 
@@ -158,7 +159,7 @@ def test_echo_down_sent_finished_flags() -> None:
     data = encode_echo(e)
     # the down entries close the packet's core: count byte, then !hIB per entry (then the
     # flags byte and a tail per rung report)
-    core = len(data) - (1 + 16 * len(e.up_rungs)) if has_tails(e) else len(data)
+    core = len(data) - (1 + 8 * len(e.up_rungs)) if has_tails(e) else len(data)
     tail = data[core - (1 + 2 * 7):core]
     assert tail[0] == 2
     assert tail[1:8] == struct.pack("!hIB", 0, 120, 1)
@@ -247,9 +248,10 @@ def _echo_length(data: bytes) -> int | None:
     if len(data) <= down_count_at:
         return None
     core = down_count_at + 1 + 7 * data[down_count_at]
-    # an optional flags byte; with ECHO_FLAG_TAILS, the tails (!IIII) of each rung report follow
+    # an optional flags byte; with ECHO_FLAG_TAILS, the tail rates (!ff) of each rung report
+    # follow (the obsolete ECHO_FLAG_TAIL_COUNTS announces nothing this decoder reads)
     if len(data) > core and data[core] & wire.ECHO_FLAG_TAILS:
-        return core + 1 + 16 * n_rungs
+        return core + 1 + 8 * n_rungs
     return core
 
 
@@ -283,8 +285,12 @@ def _values_ok(data: bytes, kind: int) -> bool:
         rungs.append(struct.unpack_from("!h", data, at)[0])
         times += list(struct.unpack_from("!dd", data, at + 10))
     rungs += [struct.unpack_from("!h", data, down_at + 1 + 7 * k)[0] for k in range(n_down)]
+    core = down_at + 1 + 7 * n_down
+    tails: list[float] = []
+    if len(data) > core and data[core] & wire.ECHO_FLAG_TAILS:
+        tails = list(struct.unpack_from(f"!{2 * n_rungs}f", data, core + 1))
     return all(map(_time_ok, times)) and all(map(_delay_ok, delays)) and \
-        all(r >= 0 for r in rungs)
+        all(r >= 0 for r in rungs) and all(0 <= x <= wire.MAX_TAIL_KBPS for x in tails)
 
 
 def _well_formed(data: bytes, kind: int | None) -> bool:

@@ -40,17 +40,16 @@ def test_truncated_load_raises() -> None:
 
 def test_truncated_echo_raises_at_every_length() -> None:
     e = _echo_example()
-    e = replace(e, up_rungs=tuple(replace(r, tail_packets=9, tail_bytes=900, end_packets=4,
-                                          end_bytes=400) for r in e.up_rungs))
+    e = replace(e, up_rungs=tuple(replace(r, tail_kbps=412.5, end_kbps=380.0)
+                                  for r in e.up_rungs))
     assert e.up_rungs and has_tails(e)
     data = encode_echo(e)
     assert decode_echo(data) == e
-    core = len(data) - (1 + 16 * len(e.up_rungs)) if has_tails(e) else len(data)
+    core = len(data) - (1 + 8 * len(e.up_rungs)) if has_tails(e) else len(data)
     for k in range(len(data)):
         if k == core:  # an echo without the optional trailer: as an older reflector sends
             old = decode_echo(data[:k])
-            assert old.up_rungs == tuple(replace(r, tail_packets=0, tail_bytes=0, end_packets=0,
-                                                 end_bytes=0)
+            assert old.up_rungs == tuple(replace(r, tail_kbps=0.0, end_kbps=0.0)
                                          for r in e.up_rungs)
             continue
         with pytest.raises(ProtocolError):
@@ -60,7 +59,7 @@ def test_truncated_echo_raises_at_every_length() -> None:
 @given(echoes)
 def test_truncated_echo_property(e: Echo) -> None:
     data = encode_echo(e)
-    core = len(data) - (1 + 16 * len(e.up_rungs)) if has_tails(e) else len(data)
+    core = len(data) - (1 + 8 * len(e.up_rungs)) if has_tails(e) else len(data)
     if e.draining and not has_tails(e):
         core -= 1
     for k in range(0, len(data), 3):

@@ -11,14 +11,18 @@ rate and its queue holds packets back, so a rung above the link's capacity fails
 rate it was delivered at is the capacity estimate. The ladder stops at the first failure, or
 after the top rung passes (then the link can do *at least* that much).
 
-A rung also fails when its *tail* (the last third of its arrival span, `measure.tail_kbps`)
-arrived at less than `SUSTAIN_RATIO` of the rate the link was seen to deliver (the rung's own,
-or an earlier rung's that passed): a token bucket (a policer or a shaper) let the start of the
-ladder through at the line rate and then emptied. The rung's tail
-rate is then the capacity estimate: the rate the link sustains, which is what a call gets
-once its first seconds have used up the bucket. A bottleneck without a bucket delivers the
-tail as fast as the rest, so it never looks like this. A bucket larger than what the ladder
-sends in a direction cannot be seen (docs/protocol.md, "Sustained rate").
+A rung also fails when its *tail* (the packets sent in the last third, or sixth, of it:
+`measure.window_rate_kbps`) was delivered at less than `SUSTAIN_RATIO` of the rate the link
+was seen to deliver (the rung's own, or an earlier rung's that passed): a token bucket (a
+policer or a shaper) let the start of the ladder through at the line rate and then emptied.
+The rung's tail rate is then the capacity estimate: the rate the link sustains, which is what
+a call gets once its first seconds have used up the bucket. A bottleneck without a bucket
+delivers the tail as fast as the rest, so it never looks like this. A bucket larger than what
+the ladder sends in a direction cannot be seen (docs/protocol.md, "Sustained rate").
+
+A capacity is the link's: a failed rung's rate and a tail's count our own probes or echoes
+that shared the direction with the rung (`RungObservation.cross_kbps`), as a call would
+have that share of the link too.
 """
 
 from __future__ import annotations
@@ -27,10 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from netprobe.core.measure import (
-    END_SHARE,
     LOAD_OVERHEAD_BYTES,
     delivered_kbps,
-    tail_kbps,
     wire_interval_s,
 )
 from netprobe.core.wire import LOAD_MAX_SIZE
@@ -94,14 +96,14 @@ class RungObservation:
     """Receiver clock at the first arrival."""
     last_at: float
     """Receiver clock at the latest arrival."""
-    tail_packets: int = 0
-    """Packets that arrived in the last third of the arrival span (`RungArrivals.tail`)."""
-    tail_bytes: int = 0
-    """Their payload bytes."""
-    end_packets: int = 0
-    """Packets that arrived in the last sixth of the arrival span."""
-    end_bytes: int = 0
-    """Their payload bytes."""
+    tail_kbps: float | None = None
+    """The rate the link delivered the rung's last third at, our other packets included
+    (`RungArrivals.tails`), kbit/s of wire bytes; None if unknown."""
+    end_kbps: float | None = None
+    """The same over the rung's last sixth."""
+    cross_kbps: float = 0.0
+    """Our other packets (probes or echoes) that arrived over the rung's arrival span,
+    kbit/s of wire bytes: the link carried them beside the rung."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,13 @@ class RungResult:
     bucket_emptied: bool = False
     """The tail arrived far slower than the rung (`SUSTAIN_RATIO`): a token bucket emptied,
     and `tail_kbps` is the rate the link sustains."""
+    cross_kbps: float = 0.0
+    """`RungObservation.cross_kbps`."""
+
+    @property
+    def link_kbps(self) -> float | None:
+        """The rate the link delivered over the rung, our other packets included."""
+        return None if self.delivered_kbps is None else self.delivered_kbps + self.cross_kbps
 
     @property
     def sender_limited(self) -> bool:
@@ -248,10 +257,7 @@ class Ladder:
                 and rate >= self.pass_ratio * keep * sent_kbps
 
         # the slower of the last third and the last sixth (a bucket emptying late in the rung)
-        tails = [x for x in (
-            tail_kbps(obs.tail_packets, obs.tail_bytes, obs.first_at, obs.last_at),
-            tail_kbps(obs.end_packets, obs.end_bytes, obs.first_at, obs.last_at,
-                      share=END_SHARE)) if x is not None]
+        tails = [x for x in (obs.tail_kbps, obs.end_kbps) if x is not None]
         tail = min(tails) if tails else None
         # The rate the link has been seen to deliver: this rung's, or a passed rung's before
         # it (a bucket that emptied early in this rung leaves only the earlier rungs' rate).
@@ -266,7 +272,8 @@ class Ladder:
         passed = passes(base_loss) and not emptied
         return RungResult(rung, passed, rate, ratio, final, sent_kbps,
                           loss_allowed=passed and not passes(min(likely_loss, base_loss)),
-                          tail_kbps=tail, bucket_emptied=emptied)
+                          tail_kbps=tail, bucket_emptied=emptied,
+                          cross_kbps=max(0.0, obs.cross_kbps))
 
     def capacity(self) -> tuple[float | None, bool]:
         """(kbit/s, at_least). `at_least` when no judged rung failed: the link carried
@@ -284,8 +291,8 @@ class Ladder:
         # (`TAIL_DROP`): after a bucket that emptied late in it; a plain bottleneck's tail is
         # as fast as the rest, give or take timing noise.
         rates = [r.tail_kbps if not r.passed and r.tail_kbps is not None
-                 and r.tail_kbps < TAIL_DROP * r.delivered_kbps else r.delivered_kbps
-                 for r in self.results.values() if r.delivered_kbps is not None]
+                 and r.tail_kbps < TAIL_DROP * r.link_kbps else r.link_kbps
+                 for r in self.results.values() if r.link_kbps is not None]
         if rates:
             return (max(rates), False)
         # Nothing (or a single packet) arrived: proven only once the evidence was final.

@@ -10,13 +10,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-#: Bytes a load packet costs on the wire beyond its payload: RTP header (12), header
-#: extensions abs-send-time and mid (12), VP8 payload descriptor (4), SRTP auth tag (10),
-#: UDP (8), IPv4 (20). Used so that rates compare with what a link's rate limit counts.
-#: (Measured on a loopback check with aiortc 1.16, the packets are 6 bytes larger: aiortc
-#: negotiates AEAD_AES_128_GCM, whose tag is 16 bytes. Kept: the ladder's rates and the
-#: lab's calibration are defined on it.)
-LOAD_OVERHEAD_BYTES = 66
+#: Bytes a load packet costs on the wire beyond its payload, measured on a loopback check
+#: (aiortc 1.16): RTP header (12), header extensions abs-send-time and mid (12), VP8 payload
+#: descriptor (4), SRTP tag (16: aiortc negotiates AEAD_AES_128_GCM), UDP (8), IPv4 (20).
+#: Used so that rates compare with what a link's rate limit counts.
+LOAD_OVERHEAD_BYTES = 72
 #: The same for a probe or echo packet on the audio stream, measured on a loopback check
 #: (aiortc 1.16): RTP header (12), header extensions mid and audio level (8), SRTP GCM tag
 #: (16), UDP (8), IPv4 (20).
@@ -194,49 +192,70 @@ class SequenceTracker:
 @dataclass
 class RungArrivals:
     """The packets of one ladder rung as they arrive: distinct ones, their payload bytes, the
-    first and latest arrival time, and (the last `MAX_TIMED_ARRIVALS`) when each arrived, for
-    the rate of the rung's tail (`tail`)."""
+    first and latest arrival time, and (the last `MAX_TIMED_ARRIVALS`) when each was sent and
+    when it arrived, for the rate of the rung's tail (`tails`)."""
 
     seqs: SequenceTracker = field(default_factory=SequenceTracker)
     payload_bytes: int = 0
     first_at: float = 0.0
     last_at: float = 0.0
-    timed: deque[tuple[float, int]] = field(default_factory=deque)
+    first_sent: float = math.inf
+    last_sent: float = -math.inf
+    timed: deque[tuple[float, float, int]] = field(default_factory=deque)
+    """(sent, arrived, payload bytes), in arrival order."""
 
-    def add(self, seq: int, size: int, now: float) -> bool:
-        """Record a packet; False for a duplicate (not counted again)."""
+    def add(self, seq: int, size: int, now: float, sent_at: float | None = None) -> bool:
+        """Record a packet (`sent_at`: the sender's clock, from its header; None: taken as
+        `now`); False for a duplicate (not counted again)."""
         if not self.seqs.add(seq):
             return False
         if self.seqs.received == 1:
             self.first_at = now
         self.payload_bytes += size
         self.last_at = now
-        self.timed.append((now, size))
+        sent = now if sent_at is None else sent_at
+        self.first_sent = min(self.first_sent, sent)
+        self.last_sent = max(self.last_sent, sent)
+        self.timed.append((sent, now, size))
         if len(self.timed) > MAX_TIMED_ARRIVALS:
             self.timed.popleft()
         return True
 
-    def tail(self, share: float | None = None) -> tuple[int, int]:
-        """(packets, payload bytes) that arrived in the last `share` (default `TAIL_SHARE`)
-        of the arrival span so far: `tail_kbps` turns them into the rate the rung ended at."""
-        since = self.last_at - (TAIL_SHARE if share is None else share) * \
-            (self.last_at - self.first_at)
-        packets = size = 0
-        for at, n in reversed(self.timed):
-            if at < since:
-                break
-            packets += 1
-            size += n
-        return packets, size
+    def tails(self, others: Sequence[tuple[float, int]] = ()) -> tuple[float | None, float | None]:
+        """(tail, end): `window_kbps` over the last third of the rung's send span, and the
+        slower of the last sixth (`END_SHARE`) and the last `END_PACKETS` packets, `others`
+        included. A bucket that empties late in a rung shows only in the end; the last
+        packets see it even at a sustained rate too low to put enough packets in a sixth."""
+        ends = [x for x in (self.window_kbps(END_SHARE, others),
+                            self.window_kbps(None, others)) if x is not None]
+        return (self.window_kbps(TAIL_SHARE, others), min(ends) if ends else None)
 
-    def tails(self) -> tuple[int, int, int, int]:
-        """`tail()` over the last third and over the last sixth (`END_SHARE`) of the span:
-        a bucket that empties late in a rung shows only in the shorter one."""
-        return (*self.tail(), *self.tail(END_SHARE))
+    def window_kbps(self, share: float | None, others: Sequence[tuple[float, int]] = (),
+                    overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
+        """The rate the link delivered the rung's packets *sent* in its last `share` at (None:
+        its last `END_PACKETS` packets by send time), kbit/s of wire bytes, `others` included
+        (`window_rate_kbps`)."""
+        if self.seqs.received < MIN_TAIL_PACKETS or self.last_sent <= self.first_sent:
+            return None
+        since = -math.inf if share is None else \
+            self.last_sent - share * (self.last_sent - self.first_sent)
+        points: list[tuple[float, float, int]] = []
+        older = 0
+        for record in reversed(self.timed):
+            if record[0] >= since:
+                points.append(record)
+                older = 0
+            else:
+                older += 1  # arrival order is nearly send order: stop after a run of older
+                if older > REORDER_SCAN:
+                    break
+        if share is None:
+            points = sorted(points)[-END_PACKETS:]
+        return window_rate_kbps(points, others, overhead)
 
 
-#: A rung's tail: the last third of its arrival span (a token bucket that empties within
-#: the rung shows there as a rate far below the rung's; `core.ladder`).
+#: A rung's tail: the last third of its send span (a token bucket that empties within the
+#: rung shows there as a rate far below the rung's; `core.ladder`).
 TAIL_SHARE = 1 / 3
 #: ...and its end, the last sixth (enough packets there only on a fast enough rung).
 END_SHARE = 1 / 6
@@ -244,19 +263,66 @@ END_SHARE = 1 / 6
 MIN_TAIL_PACKETS = 5
 #: Arrival times kept per rung (a rung has a few hundred packets).
 MAX_TIMED_ARRIVALS = 4096
+#: The end of a rung is also judged on its last this many packets (by send time).
+END_PACKETS = 8
+#: Packets sent before a tail that may still arrive among its own (reordering), scanned past.
+REORDER_SCAN = 64
+#: A tail is judged only when the growth of its one-way delay is known to within this
+#: (standard error of the slope, seconds of delay per second sent): on a link with heavy
+#: jitter a short tail's slope is noise, not evidence of a queue.
+MAX_SLOPE_ERROR = 0.15
 
 
-def tail_kbps(packets: int, payload_bytes: int, first_at: float, last_at: float,
-              overhead: int = LOAD_OVERHEAD_BYTES, share: float = TAIL_SHARE) -> float | None:
-    """The arrival rate over a rung's tail (`RungArrivals.tail`), kbit/s of wire bytes; None
-    with fewer than `MIN_TAIL_PACKETS` packets in it or no time span."""
-    span = share * (last_at - first_at)
-    if packets < MIN_TAIL_PACKETS or span <= 0:
+def window_rate_kbps(points: Sequence[tuple[float, float, int]],
+                     others: Sequence[tuple[float, int]] = (),
+                     overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
+    """The rate a link delivered `points` at, kbit/s of wire bytes, plus our other packets
+    (`others`: (arrival, wire bytes), in arrival order: probes or echoes) that arrived among
+    them; None with fewer than `MIN_TAIL_PACKETS` points or a slope too uncertain.
+
+    `points` are (sent, arrived, payload bytes) of the packets sent in one window of time.
+    They are judged on their send times, so that jitter and reordering, which only move
+    arrivals about, do not thin the window: a policer that drops shows as fewer packets over
+    the window's send span; a queue (a shaper's, a bottleneck's) as one-way delay growing
+    over it, at `slope` seconds per second sent, so the link took `span * (1 + slope)` to
+    deliver what was sent in `span`. The two clocks may differ by a constant: only
+    differences count."""
+    n = len(points)
+    if n < MIN_TAIL_PACKETS:
         return None
-    # n arrivals in the span are n - 1 gaps of it, as in `delivered_kbps`: without that, the
-    # few packets of a slow tail (5 at a policer's rate) read 25 % fast.
-    wire = payload_bytes + packets * overhead
-    return wire * (packets - 1) / packets * 8 / span / 1000
+    sent = [p[0] for p in points]
+    delay = [p[1] - p[0] for p in points]
+    span = max(sent) - min(sent)
+    if span <= 0:
+        return None
+    mean_s, mean_d = sum(sent) / n, sum(delay) / n
+    sxx = sum((s - mean_s) ** 2 for s in sent)
+    slope = sum((s - mean_s) * (d - mean_d) for s, d in zip(sent, delay, strict=True)) / sxx
+    residual = sum((d - mean_d - slope * (s - mean_s)) ** 2
+                   for s, d in zip(sent, delay, strict=True))
+    error = math.sqrt(residual / (n - 2) / sxx) if n > 2 else 0.0
+    if error > MAX_SLOPE_ERROR:
+        return None
+    # the growth shown beyond its noise (one standard error): jitter alone reads as none
+    took = span * (1 + max(0.0, slope - error))
+    wire = sum(p[2] for p in points) + n * overhead
+    # n packets over a span are n - 1 gaps of it (as in `delivered_kbps`)
+    load = wire * (n - 1) / n * 8 / took / 1000
+    return load + others_kbps(others, min(p[1] for p in points), max(p[1] for p in points))
+
+
+def others_kbps(others: Sequence[tuple[float, int]], start: float, end: float) -> float:
+    """The rate of `others` ((arrival, wire bytes), in arrival order) that arrived within
+    [start, end], kbit/s: our own probes or echoes, which shared the link with a rung."""
+    if end <= start:
+        return 0.0
+    total = 0
+    for at, wire in reversed(others):
+        if at < start:
+            break
+        if at <= end:
+            total += wire
+    return total * 8 / (end - start) / 1000
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

@@ -14,12 +14,14 @@ been refused too much, or has gone silent, and is to be closed.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from netprobe.core.measure import (
     LOAD_OVERHEAD_BYTES,
+    MAX_TIMED_ARRIVALS,
+    PROBE_OVERHEAD_BYTES,
     JitterEstimator,
     RungArrivals,
     SequenceTracker,
@@ -28,7 +30,9 @@ from netprobe.core.measure import (
 from netprobe.core.wire import (
     LOAD_MAX_SIZE,
     MAX_DELAY_S,
+    MAX_TAIL_KBPS,
     NO_RUNG,
+    PROBE_MIN_SIZE,
     Echo,
     Load,
     Probe,
@@ -36,6 +40,9 @@ from netprobe.core.wire import (
     encode_load,
 )
 
+#: Largest probe payload counted, bytes (a probe is a small packet; a bigger one counts as
+#: this much, so the share of the link a client's probes claim stays bounded).
+MAX_PROBE_SIZE = 1500
 #: A probe counts as lost only once this many later probes have arrived: a probe that is
 #: merely overtaken (reordering, jitter) must not count as lost, then found.
 REORDER_WINDOW = 10
@@ -162,6 +169,7 @@ class Responder:
         self.down_bytes = 0
         """Downlink load payload bytes sent so far."""
         self._probes = SequenceTracker()
+        self._probe_arrivals: deque[tuple[float, int]] = deque(maxlen=MAX_TIMED_ARRIVALS)
         self._jitter = JitterEstimator()
         self._echo_seq = 0
         self._up: dict[int, RungArrivals] = {}
@@ -201,8 +209,9 @@ class Responder:
             return self._started_at + self.limits.first_probe_s
         return None
 
-    def on_probe(self, probe: Probe, now: float) -> bool:
-        """Take a probe in; False if it is refused (over the probe rate): not to be echoed."""
+    def on_probe(self, probe: Probe, now: float, size: int | None = None) -> bool:
+        """Take a probe (of `size` payload bytes) in; False if it is refused (over the probe
+        rate): not to be echoed."""
         if not self._probe_bucket.take(now):
             self.refused["probe_rate"] += 1
             return False
@@ -210,6 +219,9 @@ class Responder:
         self._last_probe_at = now
         if not self._probes.add(probe.seq):
             return True
+        # the probes share the uplink with its rungs: their tails count them (`tails`)
+        self._probe_arrivals.append((now, PROBE_OVERHEAD_BYTES + (
+            PROBE_MIN_SIZE if size is None else min(size, MAX_PROBE_SIZE))))
         self._jitter.update(probe.sent_at, now)
         if probe.seq < self._probes.highest:
             return True  # a late, reordered probe carries a stale request
@@ -245,7 +257,7 @@ class Responder:
         reports = tuple(  # counts a u32 cannot hold would stop the echo stream: clamped
             RungReport(i, min(c.seqs.received, _U32), min(c.payload_bytes, _U32), c.first_at,
                        c.last_at, c.seqs.lowest or 0, max(c.seqs.highest, 0),
-                       *(min(x, _U32) for x in c.tails()))
+                       *(min(x or 0.0, MAX_TAIL_KBPS) for x in c.tails(self._probe_arrivals)))
             for i in recent for c in (self._up[i],)
         )
         down = tuple((i, self._down_sent[i], i in self._down_finished)
@@ -278,7 +290,7 @@ class Responder:
                 self.refused["rungs"] += 1
                 return
             arrivals = self._up[load.rung] = RungArrivals()
-        arrivals.add(load.seq, payload_size, now)
+        arrivals.add(load.seq, payload_size, now, load.sent_at)
 
     def down_request(self, now: float) -> DownRequest | None:
         """The downlink rung to send now, or None: none asked for, its time is up, or the

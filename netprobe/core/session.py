@@ -14,6 +14,7 @@ reported apart (`rtt_loaded_ms`) and their losses are not counted as the link's 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,10 +22,12 @@ from netprobe.config import ProbeSettings
 from netprobe.core.classify import VIDEO, Thresholds, classify
 from netprobe.core.ladder import Ladder, Rung, RungObservation, make_ladder
 from netprobe.core.measure import (
+    MAX_TIMED_ARRIVALS,
     JitterEstimator,
     RungArrivals,
     SequenceTracker,
     loss_interval_pct,
+    others_kbps,
     percentile,
     round_trip_s,
     wilson_interval,
@@ -133,6 +136,8 @@ class ClientSession:
         """When probes were last slowed because they flooded the link on their own."""
         self._calm_from = now
         self._arrivals: list[float] = []
+        self._echo_rx: deque[tuple[float, int]] = deque(maxlen=MAX_TIMED_ARRIVALS)
+        """(arrival, wire bytes) of the latest echoes: they share the downlink with its rungs."""
         self._flood_mark = 0
         self._cache: tuple[tuple[int, int, int], Analysis] | None = None
         self.stop_reason: str | None = None
@@ -204,6 +209,7 @@ class ClientSession:
             if finished:
                 self._down_final.setdefault(rung, now)
         self._arrivals.append(now)
+        self._echo_rx.append((now, ECHO_WIRE_BYTES))
         if rtt >= 0:
             self._samples.append(EchoSample(
                 echo.seq, echo.probe_sent_at, rtt, echo.up_probes_received,
@@ -213,7 +219,8 @@ class ClientSession:
     def on_down_load(self, load: Load, payload_size: int, now: float) -> None:
         if not 0 <= load.rung < len(self.rungs):
             return
-        if self._down_rx.setdefault(load.rung, RungArrivals()).add(load.seq, payload_size, now):
+        if self._down_rx.setdefault(load.rung, RungArrivals()).add(load.seq, payload_size, now,
+                                                                   load.sent_at):
             self._version += 1
 
     # -- calm and loaded periods -------------------------------------------------------------
@@ -421,12 +428,11 @@ class ClientSession:
         report = self._up_final.get(rung) or self._up_reports.get(rung)
         if report is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
-        # Bounded (lesson 11): a tail is part of the rung, and the rung's end part of the tail.
-        tail_p = min(report.tail_packets, report.packets)
-        tail_b = min(report.tail_bytes, report.payload_bytes)
+        # Bounded (lesson 11): no tail faster than the rung was sent, with its probes.
+        most = self.rungs[rung].rate_kbps + self._probe_kbps()
+        tail, end = (min(x, most) or None for x in (report.tail_kbps, report.end_kbps))
         return RungObservation(sent, report.packets, report.payload_bytes, report.first_at,
-                               report.last_at, tail_p, tail_b,
-                               min(report.end_packets, tail_p), min(report.end_bytes, tail_b))
+                               report.last_at, tail, end, self._up_cross_kbps(rung, report))
 
     def _observe_down(self, rung: int) -> RungObservation | None:
         rx = self._down_rx.get(rung)
@@ -435,7 +441,22 @@ class ClientSession:
         if rx is None:
             return RungObservation(sent, 0, 0, 0.0, 0.0) if sent else None
         return RungObservation(sent, got, rx.payload_bytes, rx.first_at, rx.last_at,
-                               *rx.tails())
+                               *rx.tails(self._echo_rx),
+                               others_kbps(self._echo_rx, rx.first_at, rx.last_at))
+
+    def _probe_kbps(self) -> float:
+        """The probes' rate on the uplink at their current spacing, kbit/s of wire bytes."""
+        return probe_wire_bytes(self.settings.probe_size) * 8 / self.probe_interval / 1000
+
+    def _up_cross_kbps(self, rung: int, report: RungReport) -> float:
+        """The rate of the probes that shared the uplink with `rung`, kbit/s: those sent
+        while it was (and whose echo came back), over the span it arrived in."""
+        start, span = self.up.started_at(rung), report.last_at - report.first_at
+        if start is None or span <= 0:
+            return 0.0
+        end = self.up.end_of(rung)
+        probes = sum(1 for x in self._samples if start <= x.probe_sent_at <= end)
+        return probes * probe_wire_bytes(self.settings.probe_size) * 8 / span / 1000
 
     # -- results ---------------------------------------------------------------------------
 

@@ -39,10 +39,17 @@ _LOAD = struct.Struct("!hId")
 NO_RUNG = -1
 #: Bit of the echo's optional trailing flags byte: the reflector is draining.
 ECHO_FLAG_DRAINING = 0x01
-#: Bit of the flags byte: after it, each uplink rung report's tail (`_TAIL`), in order.
-ECHO_FLAG_TAILS = 0x02
-_TAIL = struct.Struct("!IIII")
+#: Bit of the flags byte, obsolete: reflectors of netprobe 0.x before the tail rates sent
+#: packet counts here, which this decoder ignores (docs/protocol.md, "Packet formats").
+ECHO_FLAG_TAIL_COUNTS = 0x02
+#: Bit of the flags byte: after it, each uplink rung report's tail rates (`_TAIL`), in order.
+ECHO_FLAG_TAILS = 0x04
+_TAIL = struct.Struct("!ff")
+#: Largest tail rate an echo may report (kbit/s: 10 Gbit/s).
+MAX_TAIL_KBPS = 1e7
 
+#: Smallest probe packet: header plus fields.
+PROBE_MIN_SIZE = _HEADER.size + _PROBE.size
 #: Smallest load packet: header plus fields.
 LOAD_MIN_SIZE = _HEADER.size + _LOAD.size
 #: Largest payload we put in one RTP packet (fits aiortc's VP8 packetiser, 1300 bytes, with
@@ -94,15 +101,12 @@ class RungReport:
     """Lowest load sequence number seen in the rung."""
     highest_seq: int
     """Highest load sequence number seen in the rung."""
-    tail_packets: int = 0
-    """Packets that arrived in the last third of the rung's arrival span (0 from a
-    reflector that does not report it: docs/protocol.md, "Packet formats")."""
-    tail_bytes: int = 0
-    """Their payload bytes."""
-    end_packets: int = 0
-    """Packets that arrived in the last sixth of the arrival span."""
-    end_bytes: int = 0
-    """Their payload bytes."""
+    tail_kbps: float = 0.0
+    """The rate the link delivered the rung's last third at (`measure.window_rate_kbps`),
+    kbit/s of wire bytes; 0 when unknown, or from a reflector that does not report it
+    (docs/protocol.md, "Packet formats")."""
+    end_kbps: float = 0.0
+    """The same over the rung's last sixth."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ def encode_probe(p: Probe, size: int = 0) -> bytes:
 
 
 def decode_probe(data: bytes) -> Probe:
-    if _check_header(data) != TYPE_PROBE or len(data) < _HEADER.size + _PROBE.size:
+    if _check_header(data) != TYPE_PROBE or len(data) < PROBE_MIN_SIZE:
         raise ProtocolError("malformed probe packet")
     seq, sent_at, rung, rate, size, duration = _PROBE.unpack_from(data, _HEADER.size)
     if not _is_time(sent_at) or rung < NO_RUNG:
@@ -213,16 +217,14 @@ def encode_echo(e: Echo) -> bytes:
     if flags:
         parts.append(bytes([flags]))
     if flags & ECHO_FLAG_TAILS:
-        parts += [_TAIL.pack(r.tail_packets, r.tail_bytes, r.end_packets, r.end_bytes)
-                  for r in e.up_rungs]
+        parts += [_TAIL.pack(r.tail_kbps, r.end_kbps) for r in e.up_rungs]
     return b"".join(parts)
 
 
 def has_tails(e: Echo) -> bool:
     """Whether `e`'s rung reports carry any tail: all-zero tails are left out of the packet
     (they read as zero anyway), so an echo decoded without a trailer encodes as it came."""
-    return any(r.tail_packets or r.tail_bytes or r.end_packets or r.end_bytes
-               for r in e.up_rungs)
+    return any(r.tail_kbps or r.end_kbps for r in e.up_rungs)
 
 
 def decode_echo(data: bytes) -> Echo:
@@ -251,8 +253,10 @@ def decode_echo(data: bytes) -> Echo:
         offset += 1
         if flags & ECHO_FLAG_TAILS:
             tails = [_TAIL.unpack_from(data, offset + k * _TAIL.size) for k in range(n_rungs)]
-            rungs = [replace(r, tail_packets=p, tail_bytes=b, end_packets=q, end_bytes=c)
-                     for r, (p, b, q, c) in zip(rungs, tails, strict=True)]
+            if not all(0 <= x <= MAX_TAIL_KBPS for t in tails for x in t):  # NaN fails too
+                raise ProtocolError("malformed echo packet (a tail rate out of range)")
+            rungs = [replace(r, tail_kbps=t, end_kbps=e)
+                     for r, (t, e) in zip(rungs, tails, strict=True)]
     except (struct.error, IndexError) as exc:
         raise ProtocolError("malformed echo packet") from exc
     if not (_is_time(sent_at) and _is_time(probe_sent_at) and _is_delay(hold)

@@ -42,7 +42,7 @@ CEILING_KBPS = 3200
 
 RTT_REL, RTT_ABS_MS = 0.10, 5.0
 LOSS_PTS, LOSS_MAX_JUDGED = 1.5, 10.0
-RATE_LOW, RATE_HIGH = 0.70, 1.10
+RATE_LOW, RATE_HIGH = 0.80, 1.10
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def judge(row: AccuracyRow) -> list[str]:
         if kbps > RATE_HIGH * truth_rate:
             problems.append(f"{name} {kbps:.0f} kbit/s OVERSTATES true {truth_rate:g}")
         elif truth_rate < CEILING_KBPS and not at_least and kbps < RATE_LOW * truth_rate:
-            problems.append(f"{name} {kbps:.0f} kbit/s vs true {truth_rate:g} (< -30 %)")
+            problems.append(f"{name} {kbps:.0f} kbit/s vs true {truth_rate:g} (< -20 %)")
     return problems
 
 

@@ -83,7 +83,7 @@ class ReflectorSession:
         except ProtocolError:
             self._refuse("malformed")
             return
-        if not self.responder.on_probe(probe, now):
+        if not self.responder.on_probe(probe, now, len(payload)):
             self._look_again()  # refused: over the probe rate
             return
         if self.responder.probes_seen == 1:
