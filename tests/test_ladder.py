@@ -312,11 +312,12 @@ def test_a_rung_that_lost_what_the_link_loses_is_not_near_capacity() -> None:
 
 def _observed(rung_rate: float, head_kbps: float, tail_kbps: float, *, duration: float = 0.6,
               empties_at: float = 0.3, queue: bool = False, jitter_s: float = 0.0,
-              cross_kbps: float = 0.0) -> tuple[Ladder, RungObservation]:
+              cross_kbps: float = 0.0, queue_s: float = 1e9) -> tuple[Ladder, RungObservation]:
     """A rung sent at `rung_rate` for `duration` whose packets the link delivered at
     `head_kbps` until `empties_at` and at `tail_kbps` after: a policer's bucket emptying
     (dropping what exceeds the rate) or, with `queue`, a shaper's or a bottleneck's (holding
-    it back). `jitter_s`: each packet's delay varies by up to that much either way, packets
+    it back, dropping what would wait over `queue_s`). `jitter_s`: each packet's delay varies
+    by up to that much either way, packets
     overtaking each other. `cross_kbps`: our probes beside the rung. As RungArrivals counts
     them."""
     import random
@@ -334,6 +335,8 @@ def _observed(rung_rate: float, head_kbps: float, tail_kbps: float, *, duration:
         rate = head_kbps if t - 10.0 < empties_at else tail_kbps
         service = wire * 8 / (rate * 1000)
         if queue:
+            if max(free_at, t) - t > queue_s:
+                continue  # the queue is full: dropped
             free_at = max(free_at, t) + service
             at = free_at
         else:  # keep the share of packets the rate lets through
@@ -365,6 +368,15 @@ def test_a_rung_whose_tail_slows_to_the_token_rate_fails_at_the_sustained_rate(
     kbps, at_least = ladder.capacity()
     assert kbps == pytest.approx(400, rel=0.1) and not at_least
     assert ladder.lower_bound() <= kbps and ladder.upper_bound() == kbps
+
+
+def test_a_shaper_whose_queue_overflows_shows_its_rate() -> None:
+    # mobile data after the quota: the bucket empties, its queue fills, then drops
+    ladder, obs = _observed(800, 10000, 128, queue=True, empties_at=0.15, queue_s=0.3)
+    ladder.start(0.0)
+    result = ladder.evaluate(1.0, lambda i: obs, 0.0, lambda i: True, TIMEOUT)
+    assert result is not None and not result.passed and result.bucket_emptied
+    assert ladder.capacity()[0] == pytest.approx(128, rel=0.15)
 
 
 def test_a_bucket_emptying_late_in_the_rung_shows_in_its_last_sixth() -> None:

@@ -267,9 +267,12 @@ MAX_TIMED_ARRIVALS = 4096
 END_PACKETS = 8
 #: Packets sent before a tail that may still arrive among its own (reordering), scanned past.
 REORDER_SCAN = 64
-#: A tail is judged only when the growth of its one-way delay is known to within this
-#: (standard error of the slope, seconds of delay per second sent): on a link with heavy
-#: jitter a short tail's slope is noise, not evidence of a queue.
+#: A tail's packets took the time from their first arrival to their last when their delay
+#: jitters (two standard deviations) by at most this share of the window's send span...
+QUIET_SHARE = 0.1
+#: ...else the growth of their one-way delay is estimated, and the tail judged only when it
+#: is known to within this (standard error of the slope, seconds of delay per second sent):
+#: on a link with heavy jitter a short tail's slope is noise, not evidence of a queue.
 MAX_SLOPE_ERROR = 0.15
 
 
@@ -278,37 +281,51 @@ def window_rate_kbps(points: Sequence[tuple[float, float, int]],
                      overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
     """The rate a link delivered `points` at, kbit/s of wire bytes, plus our other packets
     (`others`: (arrival, wire bytes), in arrival order: probes or echoes) that arrived among
-    them; None with fewer than `MIN_TAIL_PACKETS` points or a slope too uncertain.
+    them; None with fewer than `MIN_TAIL_PACKETS` points, or when jitter leaves the time they
+    took too uncertain.
 
     `points` are (sent, arrived, payload bytes) of the packets sent in one window of time.
     They are judged on their send times, so that jitter and reordering, which only move
     arrivals about, do not thin the window: a policer that drops shows as fewer packets over
-    the window's send span; a queue (a shaper's, a bottleneck's) as one-way delay growing
-    over it, at `slope` seconds per second sent, so the link took `span * (1 + slope)` to
-    deliver what was sent in `span`. The two clocks may differ by a constant: only
-    differences count."""
+    the window's send span, a queue (a shaper's, a bottleneck's) as the time from their first
+    arrival to their last. On a link whose delay jitters by more than `QUIET_SHARE` of the
+    window, that time is the send span stretched by the growth of their one-way delay (a
+    least-squares slope, counted beyond one standard error; not judged when that error is
+    above `MAX_SLOPE_ERROR`). The two clocks may differ by a constant: only differences
+    count."""
     n = len(points)
     if n < MIN_TAIL_PACKETS:
         return None
-    sent = [p[0] for p in points]
-    delay = [p[1] - p[0] for p in points]
-    span = max(sent) - min(sent)
+    ordered = sorted(points)
+    sent = [p[0] for p in ordered]
+    delay = [p[1] - p[0] for p in ordered]
+    span = sent[-1] - sent[0]
     if span <= 0:
         return None
-    mean_s, mean_d = sum(sent) / n, sum(delay) / n
-    sxx = sum((s - mean_s) ** 2 for s in sent)
-    slope = sum((s - mean_s) * (d - mean_d) for s, d in zip(sent, delay, strict=True)) / sxx
-    residual = sum((d - mean_d - slope * (s - mean_s)) ** 2
-                   for s, d in zip(sent, delay, strict=True))
-    error = math.sqrt(residual / (n - 2) / sxx) if n > 2 else 0.0
-    if error > MAX_SLOPE_ERROR:
+    # the delay's noise, apart from its trend: how far the steps between packets sent in turn
+    # stray from their median (a queue filling steadily makes every step alike; for normal
+    # noise the median of |a - b| is 0.954 of its standard deviation)
+    steps = [b - a for a, b in zip(delay, delay[1:], strict=False)]
+    typical = percentile(steps, 50)
+    noise = percentile([abs(x - typical) for x in steps], 50) / 0.954
+    arrivals = [p[1] for p in ordered]
+    if 2 * noise <= QUIET_SHARE * span:
+        took = max(arrivals) - min(arrivals)
+    else:
+        mean_s, mean_d = sum(sent) / n, sum(delay) / n
+        sxx = sum((x - mean_s) ** 2 for x in sent)
+        slope = sum((x - mean_s) * (d - mean_d) for x, d in zip(sent, delay, strict=True)) / sxx
+        error = noise / math.sqrt(sxx)
+        if error > MAX_SLOPE_ERROR:
+            return None
+        # the growth shown beyond its noise (one standard error): jitter alone reads as none
+        took = span * (1 + max(0.0, slope - error))
+    if took <= 0:
         return None
-    # the growth shown beyond its noise (one standard error): jitter alone reads as none
-    took = span * (1 + max(0.0, slope - error))
     wire = sum(p[2] for p in points) + n * overhead
     # n packets over a span are n - 1 gaps of it (as in `delivered_kbps`)
     load = wire * (n - 1) / n * 8 / took / 1000
-    return load + others_kbps(others, min(p[1] for p in points), max(p[1] for p in points))
+    return load + others_kbps(others, min(arrivals), max(arrivals))
 
 
 def others_kbps(others: Sequence[tuple[float, int]], start: float, end: float) -> float:
