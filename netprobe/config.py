@@ -27,6 +27,7 @@ from netprobe.core.classify import AudioThresholds, Thresholds, VideoThresholds
 from netprobe.errors import ConfigError
 from netprobe.settings import (
     AgentSettings,
+    ClinicSettings,
     IceServer,
     PrivacySettings,
     ProbeSettings,
@@ -35,9 +36,9 @@ from netprobe.settings import (
 )
 
 __all__ = [
-    "AgentSettings", "IceServer", "PrivacySettings", "ProbeSettings", "ReflectorSettings",
-    "Settings", "config_dir", "ice_url_problem", "load_settings", "load_thresholds", "override",
-    "readable_file_problem", "server_url_problem",
+    "AgentSettings", "ClinicSettings", "IceServer", "PrivacySettings", "ProbeSettings",
+    "ReflectorSettings", "Settings", "config_dir", "ice_url_problem", "load_settings",
+    "load_thresholds", "override", "readable_file_problem", "server_url_problem",
 ]
 
 
@@ -154,11 +155,15 @@ def load_settings(path: Path | None = None, thresholds: Path | None = None) -> S
     data: dict[str, Any] = {} if path is None else _read_toml(path)
     where = str(path)
     sections = {"probe": ProbeSettings, "reflector": ReflectorSettings,
-                "privacy": PrivacySettings, "agent": AgentSettings}
+                "privacy": PrivacySettings, "agent": AgentSettings, "clinic": ClinicSettings}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"{where}: {_line_note(path, unknown[0], None)}unknown section "
                           f"[{unknown[0]}] (known: {', '.join(f'[{s}]' for s in sections)})")
+    if isinstance(data.get("reflector"), dict) and "clinic" in data["reflector"]:
+        raise ConfigError(f"{where}: {_line_note(path, 'reflector', 'clinic')}reflector.clinic: "
+                          "not a [reflector] key: the clinic's contact is expected in its own "
+                          "[clinic] section")
     built = {}
     for name, cls in sections.items():
         try:
@@ -168,6 +173,8 @@ def load_settings(path: Path | None = None, thresholds: Path | None = None) -> S
                 r"unknown setting '(\w+)'", str(exc))
             key = found.group(1) if found else None
             raise ConfigError(_with_line(str(exc), path, name, key)) from None
+    if built["clinic"] != ClinicSettings():  # the contact a reflector hands out
+        built["reflector"] = dataclasses.replace(built["reflector"], clinic=built["clinic"])
     return Settings(thresholds=load_thresholds(thresholds), **built)
 
 

@@ -16,6 +16,7 @@ from netprobe.core.classify import AudioThresholds, VideoThresholds
 from netprobe.core.failover import MAX_SERVERS
 from netprobe.settings import (
     AgentSettings,
+    ClinicSettings,
     IceServer,
     ProbeSettings,
     ReflectorSettings,
@@ -202,6 +203,8 @@ def problem(obj: Any) -> tuple[str, str] | None:
             (0 < obj.cpu_limit_pct <= 100, "cpu_limit_pct", "must be 1-100"),
             (obj.max_session_s == 0 or obj.max_session_s >= 60, "max_session_s",
              "must be 0 (no limit) or at least 60 seconds"),
+            (obj.detect_calls in ("off", "on"), "detect_calls",
+             f'must be "off" or "on", got {obj.detect_calls!r}'),
         ]
         checks += [(origin.startswith(("http://", "https://")) and origin.count("/") == 2,
                     "cors_origins", f"{origin!r} is not an origin like https://host[:port]")
@@ -211,6 +214,11 @@ def problem(obj: Any) -> tuple[str, str] | None:
         for url in obj.servers:  # every URL of the list, as a single one is
             problem = server_url_problem(url)
             checks.append((problem is None, "server", problem or ""))
+    if isinstance(obj, ClinicSettings):  # phonenumbers and zoneinfo: loaded only for it
+        from netprobe.clinic import settings_problem
+
+        if (found := settings_problem(obj)) is not None:
+            return found
     if isinstance(obj, VideoThresholds):
         checks += [
             (obj.good_kbps >= obj.min_kbps, "good_kbps", "must not be below min_kbps"),

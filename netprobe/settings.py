@@ -114,12 +114,38 @@ class ReflectorSettings:
     turn_ttl_s: float = 600.0
     """Lifetime of the TURN credentials handed out for a check (a monitoring stream's last
     monitor_timeout_s plus a margin)."""
+    clinic: ClinicSettings | None = None
+    """The `[clinic]` section (set by `load_settings`, never written under [reflector]): the
+    contact handed to every client in the answer and at `GET /v1/clinic`."""
+
+
+@dataclass(frozen=True)
+class ClinicSettings:
+    """The clinic's fallback contact (`[clinic]`): a reflector hands it to every client; a
+    client's own `[clinic]` keys win over the reflector's, key by key (docs/check-format.md,
+    "Fallback")."""
+
+    name: str = ""
+    """The clinic's name as a person knows it, e.g. "Riverside Clinic" (at most 80 characters)."""
+    phone: str = ""
+    """The number to call, e.g. "+44 20 7946 0000" (checked with `phonenumbers`); empty: none."""
+    phone_region: str = ""
+    """Country (ISO code, e.g. "GB") of a `phone` written without +country code."""
+    hours: str = ""
+    """Opening hours, e.g. "Mon-Fri 09:00-17:00, Sat 10:00-13:00" (days not named: closed)."""
+    timezone: str = ""
+    """IANA zone of `hours`, e.g. "Europe/London"; empty: this machine's local zone."""
+    message: str = ""
+    """A short note (at most 300 characters), e.g. where to get urgent help out of hours."""
 
 
 @dataclass(frozen=True)
 class PrivacySettings:
     log_addresses: bool = False
     """Include IP addresses and host names in logs and reports (off: patients' privacy)."""
+    log_process_names: bool = False
+    """Name the conferencing program in the `call_detected` log line (off: which programs a
+    client uses is theirs)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +190,16 @@ class AgentSettings:
     """Deprecated name of `token_file` (read when `token_file` is not set)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (e.g. "https://video.clinic.example") allowed to call the API."""
+    notify: bool = True
+    """A desktop notification when the recommendation changes during a session (false: none).
+    docs/agent-api.md, "Desktop notices"."""
+    detect_calls: str = "on"
+    """`on`: notice a call by its traffic and monitor it as a session started through the API
+    (`off`: only `POST /v1/session` starts one). docs/agent-api.md, "Calls noticed by
+    themselves"."""
+    interface: str = ""
+    """The network interface watched (up or down, its traffic, calls); empty: the default
+    route's."""
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -177,6 +213,7 @@ class Settings:
     reflector: ReflectorSettings = field(default_factory=ReflectorSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    clinic: ClinicSettings = field(default_factory=ClinicSettings)
     thresholds: Thresholds = field(default_factory=Thresholds)
     access_token: str = field(default="", repr=False)
     """The reflector access token to send (`check --token/--link`, NETPROBE_TOKEN, `[agent]

@@ -10,7 +10,10 @@ from pathlib import Path
 
 NETPROBE = [sys.executable, "-m", "netprobe"]
 #: A child that leaves a coroutine unawaited fails, as the tests themselves do.
-CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+#: What the tests' child processes get: warnings as errors, and no locale, so that their
+#: words are English (netprobe picks its language from the locale: tests/test_i18n.py).
+CHILD_ENV = {**{k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_MESSAGES", "LANG")},
+             "PYTHONWARNINGS": "error::RuntimeWarning"}
 
 
 def secret_file(path: Path, text: str) -> Path:

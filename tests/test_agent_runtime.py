@@ -47,7 +47,9 @@ def assert_first_check_status(st: dict[str, Any]) -> None:
     assert st["schema"] == "netprobe.status/1" and st["state"] == "idle"
     assert st["recommendation"] == "video" and 0 < st["confidence"] <= 1
     assert st["reasons"][0]["code"] == "video_ok"
-    assert all(set(x) == {"code", "message"} and x["message"] for x in st["reasons"])
+    # code and English message, and the template with its arguments (for `netprobe status`)
+    assert all(set(x) == {"code", "message", "template", "args"} and x["message"]
+               for x in st["reasons"])
     assert st["reflector"] == "ok"
     assert 0 <= st["age_s"] < 5
     updated = datetime.fromisoformat(st["updated_at"].replace("Z", "+00:00"))

@@ -38,11 +38,12 @@ def test_local_check_json_is_one_object_and_exit_0() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_local_check_text_puts_verdict_first_and_says_it_was_local() -> None:
-    proc = run("check", "--local")
+def test_local_check_text_leads_with_self_test_and_says_it_was_local() -> None:
+    proc = run("--lang", "en", "check", "--local")
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]
-    assert first == "Your connection is ready for a video session."
+    assert first == "Self-test passed: netprobe works on this computer."
+    assert "ready for a video session" not in proc.stdout  # it did not test the link
     assert "did not test your internet connection" in proc.stdout
     assert "Upload" in proc.stdout and "Download" in proc.stdout
 
@@ -60,9 +61,11 @@ def test_unreachable_server_exit_12_without_traceback() -> None:
 
 
 def test_unreachable_server_text_is_calm() -> None:
-    proc = run("check", "--server", f"http://127.0.0.1:{free_port()}", "--max-duration", "5")
+    proc = run("--lang", "en", "check", "--server", f"http://127.0.0.1:{free_port()}",
+               "--max-duration", "5")
     assert proc.returncode == 12
     assert proc.stdout.startswith("Your connection could not be tested.")
+    assert "run the check again" in proc.stdout  # what to do next
     assert "phone" in proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
 

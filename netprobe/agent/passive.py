@@ -26,6 +26,10 @@ class PassiveState:
     """Traffic received on the default interface, kbit/s."""
     tx_kbps: float | None = None
     """Traffic sent on the default interface, kbit/s."""
+    rx_bytes: int | None = None
+    """Bytes received on it so far (the OS counter; for call detection, `core.calls`)."""
+    tx_bytes: int | None = None
+    """Bytes sent on it so far."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,17 +58,19 @@ def default_interface() -> str | None:
 
 
 class PassiveSampler:
-    """Call `sample()` about once a second; it returns a change to report, or None."""
+    """Call `sample()` about once a second; it returns a change to report, or None.
+    `interface`: watch this one (`[agent] interface`) instead of the default route's."""
 
-    def __init__(self) -> None:
+    def __init__(self, interface: str = "") -> None:
         self.state = PassiveState()
+        self.interface = interface
         self._iface: str | None = None
         self._last: tuple[float, int, int] | None = None
         self._sampled = False
         psutil.cpu_percent(None)  # prime: the first call measures nothing
 
     def sample(self) -> str | None:
-        iface = default_interface()
+        iface = self.interface or default_interface()
         stats = psutil.net_if_stats()
         up = iface is not None and iface in stats and stats[iface].isup
         rx = tx = None
@@ -92,5 +98,7 @@ class PassiveSampler:
                 index = socket.if_nametoindex(iface)
             except OSError:
                 index = None
-        self.state = PassiveState(up, index, psutil.cpu_percent(None), rx, tx)
+        self.state = PassiveState(up, index, psutil.cpu_percent(None), rx, tx,
+                                  None if counters is None else counters.bytes_recv,
+                                  None if counters is None else counters.bytes_sent)
         return change

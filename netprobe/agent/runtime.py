@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from netprobe import __version__, exitcodes
+from netprobe.agent.calls import scan as scan_for_calls
 from netprobe.agent.control import CheckAlreadyRunning
 from netprobe.agent.passive import PassiveSampler, PassiveState
 from netprobe.agent.worker import IsolatedMonitorLink, run_check_attempts_isolated
 from netprobe.config import Settings, load_settings, server_url_problem
 from netprobe.core import policy_events as ev
+from netprobe.core.calls import CallDetector, Evidence, TrafficSample
 from netprobe.core.certainty import with_certainty
 from netprobe.core.policy import SILENCE_S, AgentPolicy, light_check_settings
 from netprobe.core.result import CheckResult
@@ -51,6 +53,15 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ER
 PASSIVE_EVERY_S = 1.0
 #: The longest a probe stream may take to connect.
 MONITOR_CONNECT_CAP_S = 10.0
+#: What the agent's own probe stream puts on the interface at a 50 ms probe spacing, kbit/s
+#: (up, down), RTP, RTCP and STUN consent included (scripts/bench_agent.py --only monitor):
+#: subtracted before call detection judges the traffic.
+OWN_MONITOR_KBPS = (40.0, 40.0)
+
+
+def own_monitor_kbps(settings: Settings) -> tuple[float, float]:
+    scale = 50.0 / settings.agent.monitor_probe_interval_ms
+    return OWN_MONITOR_KBPS[0] * scale, OWN_MONITOR_KBPS[1] * scale
 
 
 class Sampler(Protocol):
@@ -89,10 +100,13 @@ class AgentRuntime:
         self.overrides = overrides or {}
         self.clock = clock
         self._wall_offset = time.time() - clock()
-        self._sampler: Sampler = sampler or PassiveSampler()
+        applied = self._apply_overrides(settings)
+        self._sampler: Sampler = sampler or PassiveSampler(applied.agent.interface)
         self._monitor_link = monitor_link
-        self.policy = AgentPolicy(self._apply_overrides(settings), self._sampler.state,
+        self.policy = AgentPolicy(applied, self._sampler.state,
                                   jitter=lambda: random.uniform(-1.0, 1.0), rng=random.random)
+        self._calls = CallDetector()
+        self._evidence: Evidence | None = None  # a scan for the next reading
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -118,7 +132,11 @@ class AgentRuntime:
         return self.policy.last_check
 
     def status(self) -> dict[str, Any]:
-        doc = self.policy.status_document(self.clock(), self._wall_offset, __version__)
+        from netprobe.clinic import with_fallback  # whom to call (issue 11)
+
+        now = self.clock()
+        doc = self.policy.status_document(now, self._wall_offset, __version__)
+        doc = with_fallback(doc, self.settings.clinic, self.last_check, now + self._wall_offset)
         return with_certainty(doc, "recommendation")  # words' code beside the number
 
     def counters(self) -> tuple[dict[str, int], int]:
@@ -331,14 +349,36 @@ class AgentRuntime:
             else:
                 failing = False
                 self._feed(ev.PassiveSampled(self.clock(), self._sampler.state, change))
+                await self._watch_for_calls()
             await asyncio.sleep(PASSIVE_EVERY_S)
+
+    async def _watch_for_calls(self) -> None:
+        """Call detection (`core.calls`) on the interface counters just read; the sockets and
+        processes are scanned (in a thread) only when the traffic looks like a call."""
+        state = self._sampler.state
+        rx, tx = getattr(state, "rx_bytes", None), getattr(state, "tx_bytes", None)
+        if self.settings.agent.detect_calls != "on" or rx is None or tx is None:
+            return
+        now, p = self.clock(), self.policy
+        evidence, self._evidence = self._evidence, None
+        change = self._calls.sample(TrafficSample(
+            now, rx, tx, own_busy=p.check_running is not None, evidence=evidence,
+            own_kbps=own_monitor_kbps(self.settings) if p.link_open else (0.0, 0.0)))
+        if change is not None:
+            self._feed(ev.CallStarted(now, change.kind, change.processes) if change.started
+                       else ev.CallEnded(now))
+        elif self._calls.wants_evidence(now):
+            self._evidence = await asyncio.to_thread(scan_for_calls)
 
     async def serve(self) -> int:
         """Run until `request_stop()` (or a failure of the agent itself); then end the
         session, stop every task and await it. Returns the exit status."""
         loop = asyncio.get_running_loop()
+        from netprobe.agent.notify import follow_notices  # desktop notices: their own task
+
         loops = [loop.create_task(self._follow_the_clock(), name="clock"),
-                 loop.create_task(self._sample_passive(), name="passive")]
+                 loop.create_task(self._sample_passive(), name="passive"),
+                 loop.create_task(follow_notices(self), name="notices")]
         stopping = loop.create_task(self._stop.wait())
         try:
             await asyncio.wait({stopping, *loops}, return_when=asyncio.FIRST_COMPLETED)

@@ -23,6 +23,7 @@ from netprobe import exitcodes
 from netprobe.config import Settings, load_settings, override, server_url_problem
 from netprobe.core.result import CheckResult
 from netprobe.errors import ConfigError, NetprobeError
+from netprobe.i18n import N_
 from netprobe.signals import on_stop_signals, remove_stop_signals
 
 EXIT_USAGE = exitcodes.USAGE
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", type=Path,
                         help="classifier thresholds file (default: the shipped one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument("--lang", metavar="LANG",
+                        help="language of the words for people: en or es (default: the "
+                             "locale's, LC_ALL/LC_MESSAGES/LANG, else English); the JSON "
+                             "is the same in every language")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = sub.add_parser("check", help="run a pre-session check",
@@ -85,11 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-file", metavar="PATH", help="JSON-lines log file")
     agent.set_defaults(func=_cmd_agent)
 
-    from netprobe.cli import serve, token
+    from netprobe.cli import serve, status, token
     from netprobe.service import cli as service
 
     serve.add_parser(sub)
     token.add_parser(sub)
+    status.add_parser(sub)  # `netprobe status`: the agent's recommendation in plain words
     service.add_parser(sub)
     try:
         from netprobe.lab import cli as lab_cli
@@ -223,7 +229,7 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             return result
         from netprobe.tcpreport import tcp_report
 
-        show("Measuring TCP speed each way (about 12 s more)…")
+        show(N_("Measuring TCP speed each way (about 12 s more)…"))
         return replace(result, tcp=await tcp_report(url, settings.access_token or None,
                                                     public=args.public_speedtest))
 
@@ -296,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # a bad flag: argparse's message and exit status 2
     _setup_logging(args.verbose)
+    from netprobe.i18n import language_code, set_language
+
+    if set_language(args.lang) != language_code(args.lang or "en") and args.lang:
+        print(f"netprobe: no words in {args.lang!r} yet, using English", file=sys.stderr)
     try:
         if args.command in _OWN_SETTINGS:
             return int(args.func(args))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netprobe.core.classify import UNKNOWN, Verdict
+from netprobe.core.words import N_
 
 SURE = "sure"
 FAIRLY_SURE = "fairly_sure"
@@ -46,11 +47,11 @@ FAIRLY_SURE_FROM = 0.70
 """Least `confidence` that reads `fairly_sure` (a smallest relative margin of about 0.2)."""
 
 _WORDS = {
-    SURE: "sure",
-    FAIRLY_SURE: "fairly sure",
-    UNSURE: "not sure (the figures sit close to a limit)",
+    SURE: N_("sure"),
+    FAIRLY_SURE: N_("fairly sure"),
+    UNSURE: N_("not sure (the figures sit close to a limit)"),
 }
-_INCOMPLETE_WORDS = "not sure (the check ended before every figure was known)"
+_INCOMPLETE_WORDS = N_("not sure (the check ended before every figure was known)")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Certainty:
     code: str
     """`sure`, `fairly_sure` or `unsure` (stable; documented in docs/check-format.md)."""
     words: str
-    """The same for a person, e.g. "fairly sure"; never a percentage."""
+    """The same for a person, e.g. "fairly sure", in English (a catalogue msgid: shown as
+    `netprobe.i18n._(words)`); never a percentage."""
 
 
 def is_incomplete(code: str) -> bool:

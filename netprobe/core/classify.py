@@ -11,8 +11,10 @@ in any figure can never get a better verdict (tested with hypothesis).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from netprobe.core.metrics import DirectionMetrics, LinkMetrics
+from netprobe.core.words import N_, Phrase
 
 VIDEO = "video"
 AUDIO_ONLY = "audio_only"
@@ -68,7 +70,18 @@ class Reason:
     code: str
     """Stable identifier, e.g. `upload_too_slow_for_video` (documented in docs/)."""
     message: str
-    """Plain-language explanation with something concrete to try."""
+    """Plain-language explanation with something concrete to try, in English (the JSON and
+    the logs keep it; a person reads `netprobe.i18n.text_of(reason)`, translated)."""
+    template: str = ""
+    """The English template `message` was made of (a catalogue msgid); "" for none."""
+    args: tuple[tuple[str, Any], ...] = ()
+    """The template's arguments: numbers, texts, or `Phrase`s (translated too)."""
+
+    @classmethod
+    def of(cls, code: str, template: str, **args: Any) -> Reason:
+        """A reason from a template marked with `N_` and its arguments."""
+        phrase = Phrase.of(template, **args)
+        return cls(code, phrase.english(), template, phrase.args)
 
     def to_json(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -105,11 +118,61 @@ def _mbps_pair(measured: float, needed: float) -> tuple[str, str]:
     return a, b
 
 
-_DIR_WORDS = {
-    "up": ("upload", "close other uploads (cloud backup, photo sync, file sharing)"),
-    "down": ("download", "pause downloads and streaming on other devices"),
+_WORDS = {"up": "upload", "down": "download"}
+#: (direction, purpose) -> the sentence for a speed not measured, not tested far enough (the
+#: check ended first) or too slow. Whole sentences per case, for the translators.
+_NOT_MEASURED = {
+    ("up", "video"): N_("Your upload speed could not be measured, so video cannot be promised. "
+                        "Run the check again; if this repeats, your connection may be "
+                        "dropping out."),
+    ("down", "video"): N_("Your download speed could not be measured, so video cannot be "
+                          "promised. Run the check again; if this repeats, your connection "
+                          "may be dropping out."),
+    ("up", "audio"): N_("Your upload speed could not be measured, so audio cannot be promised. "
+                        "Run the check again; if this repeats, your connection may be "
+                        "dropping out."),
+    ("down", "audio"): N_("Your download speed could not be measured, so audio cannot be "
+                          "promised. Run the check again; if this repeats, your connection "
+                          "may be dropping out."),
 }
-_CLOSER = "Moving closer to your Wi-Fi router, or using a network cable, often helps."
+_NOT_TESTED = {
+    ("up", "video"): N_("Your upload was only tested up to {tested} Mbit/s before the check "
+                        "ended; video needs {needed}. Run the check again to test it fully."),
+    ("down", "video"): N_("Your download was only tested up to {tested} Mbit/s before the "
+                          "check ended; video needs {needed}. Run the check again to test it "
+                          "fully."),
+    ("up", "audio"): N_("Your upload was only tested up to {tested} Mbit/s before the check "
+                        "ended; audio needs {needed}. Run the check again to test it fully."),
+    ("down", "audio"): N_("Your download was only tested up to {tested} Mbit/s before the "
+                          "check ended; audio needs {needed}. Run the check again to test it "
+                          "fully."),
+}
+_TOO_SLOW = {
+    ("up", "video"): N_("Your upload is too slow for video: {measured} Mbit/s measured, "
+                        "{needed} needed. Try to close other uploads (cloud backup, photo "
+                        "sync, file sharing). Moving closer to your Wi-Fi router, or using a "
+                        "network cable, often helps."),
+    ("down", "video"): N_("Your download is too slow for video: {measured} Mbit/s measured, "
+                          "{needed} needed. Try to pause downloads and streaming on other "
+                          "devices. Moving closer to your Wi-Fi router, or using a network "
+                          "cable, often helps."),
+    ("up", "audio"): N_("Your upload is too slow for audio: {measured} Mbit/s measured, "
+                        "{needed} needed. Try to close other uploads (cloud backup, photo "
+                        "sync, file sharing). Moving closer to your Wi-Fi router, or using a "
+                        "network cable, often helps."),
+    ("down", "audio"): N_("Your download is too slow for audio: {measured} Mbit/s measured, "
+                          "{needed} needed. Try to pause downloads and streaming on other "
+                          "devices. Moving closer to your Wi-Fi router, or using a network "
+                          "cable, often helps."),
+}
+_MARGINAL = {
+    "up": N_("Your upload ({measured} Mbit/s) is enough for video but without much room to "
+             "spare: the picture may be softer. If it stutters, close other uploads (cloud "
+             "backup, photo sync, file sharing)."),
+    "down": N_("Your download ({measured} Mbit/s) is enough for video but without much room "
+               "to spare: the picture may be softer. If it stutters, pause downloads and "
+               "streaming on other devices."),
+}
 
 
 @dataclass
@@ -132,30 +195,23 @@ def _at_most(value: float, limit: float) -> float:
 
 
 def _rate_check(d: DirectionMetrics, name: str, need: float, purpose: str) -> _Check:
-    word, advice = _DIR_WORDS[name]
+    word = _WORDS[name]
     if d.kbps is None:
-        return _Check(False, 0.0, incomplete=True, reason=Reason(
-            f"{word}_not_measured",
-            f"Your {word} speed could not be measured, so {purpose} cannot be promised. "
-            f"Run the check again; if this repeats, your connection may be dropping out.",
-        ))
+        return _Check(False, 0.0, incomplete=True, reason=Reason.of(
+            f"{word}_not_measured", _NOT_MEASURED[name, purpose]))
     margin = 1.0 if d.kbps_at_least and d.kbps >= need else _at_least(d.kbps, need)
     if margin >= 0:
         return _Check(True, margin)
     if d.kbps_at_least:
         # The check stopped before testing this direction any higher (the verdict was
         # already decided by other figures): not shown to be too slow, just not shown enough.
-        return _Check(False, 0.0, incomplete=True, reason=Reason(
-            f"{word}_not_tested_for_{purpose.replace(' ', '_')}",
-            f"Your {word} was only tested up to {format_mbps(d.kbps)} Mbit/s before the check "
-            f"ended; {purpose} needs {format_mbps(need)}. Run the check again to test it fully.",
-        ))
+        return _Check(False, 0.0, incomplete=True, reason=Reason.of(
+            f"{word}_not_tested_for_{purpose}", _NOT_TESTED[name, purpose],
+            tested=format_mbps(d.kbps), needed=format_mbps(need)))
     measured, needed = _mbps_pair(d.kbps, need)
-    return _Check(False, margin, Reason(
-        f"{word}_too_slow_for_{purpose.replace(' ', '_')}",
-        f"Your {word} is too slow for {purpose}: {measured} Mbit/s measured, "
-        f"{needed} needed. Try to {advice}. {_CLOSER}",
-    ))
+    return _Check(False, margin, Reason.of(
+        f"{word}_too_slow_for_{purpose}", _TOO_SLOW[name, purpose],
+        measured=measured, needed=needed))
 
 
 def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
@@ -163,50 +219,55 @@ def _video_checks(m: LinkMetrics, t: VideoThresholds) -> list[_Check]:
               _rate_check(m.down, "down", t.min_kbps, "video")]
     losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
     if not losses:
-        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason(
+        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason.of(
             "loss_not_measured",
-            "Packet loss could not be measured, so video cannot be promised. Run the check "
-            "again; if this repeats, your connection may be dropping out.")))
+            N_("Packet loss could not be measured, so video cannot be promised. Run the check "
+               "again; if this repeats, your connection may be dropping out."))))
     else:
         loss = max(losses)
         ok = loss <= t.max_loss_pct
-        checks.append(_Check(ok, _at_most(loss, t.max_loss_pct), None if ok else Reason(
+        checks.append(_Check(ok, _at_most(loss, t.max_loss_pct), None if ok else Reason.of(
             "loss_too_high_for_video",
-            f"Too much of your data gets lost for smooth video: {loss:.1f} % lost, "
-            f"video needs under {t.max_loss_pct:g} %. This is often weak Wi-Fi. {_CLOSER}",
-        )))
+            N_("Too much of your data gets lost for smooth video: {loss:.1f} % lost, video "
+               "needs under {limit:g} %. This is often weak Wi-Fi. Moving closer to your "
+               "Wi-Fi router, or using a network cable, often helps."),
+            loss=loss, limit=t.max_loss_pct)))
     if m.rtt_ms is None:
-        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason(
+        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason.of(
             "rtt_not_measured",
-            "The delay to the test server could not be measured. Run the check again; if "
-            "this repeats, your connection may be dropping out.")))
+            N_("The delay to the test server could not be measured. Run the check again; if "
+               "this repeats, your connection may be dropping out."))))
     elif (loaded := loaded_rtt_ms(m, t.loads_link_below_kbps)) is not None \
             and loaded > t.max_rtt_ms:
-        checks.append(_Check(False, _at_most(loaded, t.max_rtt_ms), Reason(
+        checks.append(_Check(False, _at_most(loaded, t.max_rtt_ms), Reason.of(
             "rtt_too_high_under_load",
-            f"Your connection slows down when it is busy: its delay grows from "
-            f"{m.rtt_ms:.0f} to {loaded:.0f} ms there and back while it is full, and a video "
-            f"call fills it (video needs under {t.max_rtt_ms:g} ms). {_BLOAT_ADVICE}",
-        )))
+            N_("Your connection slows down when it is busy: its delay grows from {idle:.0f} "
+               "to {loaded:.0f} ms there and back while it is full, and a video call fills "
+               "it (video needs under {limit:g} ms). A network cable instead of Wi-Fi, "
+               "pausing uploads and downloads on other devices, or a router setting against "
+               "\"bufferbloat\" (often called Smart Queue Management, SQM) can help."),
+            idle=m.rtt_ms, loaded=loaded, limit=t.max_rtt_ms)))
     else:
         rtt = max(m.rtt_ms, loaded or 0.0)
         ok = rtt <= t.max_rtt_ms
-        checks.append(_Check(ok, _at_most(rtt, t.max_rtt_ms), None if ok else Reason(
+        checks.append(_Check(ok, _at_most(rtt, t.max_rtt_ms), None if ok else Reason.of(
             "rtt_too_high_for_video",
-            f"Your connection has a long delay: {m.rtt_ms:.0f} ms there and back, video needs "
-            f"under {t.max_rtt_ms:g} ms. Picture and voice would lag behind each other; a "
-            f"satellite or mobile link often causes this: a wired or other connection helps.",
-        )))
+            N_("Your connection has a long delay: {rtt:.0f} ms there and back, video needs "
+               "under {limit:g} ms. Replies would arrive late, so you and your therapist "
+               "would often talk over each other. A satellite or mobile link often causes "
+               "this: a wired or other connection helps."),
+            rtt=m.rtt_ms, limit=t.max_rtt_ms)))
     jitters = [x for x in (m.up.jitter_ms, m.down.jitter_ms) if x is not None]
     if jitters:
         jit = max(jitters)
         ok = jit <= t.max_jitter_ms
-        checks.append(_Check(ok, _at_most(jit, t.max_jitter_ms), None if ok else Reason(
+        checks.append(_Check(ok, _at_most(jit, t.max_jitter_ms), None if ok else Reason.of(
             "jitter_too_high_for_video",
-            f"Your connection is unsteady: delay varies by {jit:.0f} ms, video needs under "
-            f"{t.max_jitter_ms:g} ms or the picture will stutter. Other devices using the "
-            f"connection or weak Wi-Fi cause this: pause what you can. {_CLOSER}",
-        )))
+            N_("Your connection is unsteady: delay varies by {jitter:.0f} ms, video needs "
+               "under {limit:g} ms or the picture will stutter. Other devices using the "
+               "connection or weak Wi-Fi cause this: pause what you can. Moving closer to "
+               "your Wi-Fi router, or using a network cable, often helps."),
+            jitter=jit, limit=t.max_jitter_ms)))
     return checks
 
 
@@ -214,28 +275,23 @@ def _audio_checks(m: LinkMetrics, t: AudioThresholds) -> list[_Check]:
     checks = [_rate_check(m.up, "up", t.min_kbps, "audio"),
               _rate_check(m.down, "down", t.min_kbps, "audio")]
     if m.mos_audio is None:
-        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason(
+        checks.append(_Check(False, 0.0, incomplete=True, reason=Reason.of(
             "audio_quality_not_measured",
-            "Voice quality could not be estimated, so an internet audio call cannot be "
-            "promised. A phone call is the safe choice; you can also run the check again.",
+            N_("Voice quality could not be estimated, so an internet audio call cannot be "
+               "promised. A phone call is the safe choice; you can also run the check again."),
         )))
     else:
         # At the idle delay: a voice call (~100 kbit/s) fills no link that passes the rate
         # checks above, so its packets do not queue behind its own (docs/check-format.md).
         ok = m.mos_audio >= t.min_mos
         margin = (m.mos_audio - t.min_mos) / (4.5 - t.min_mos)
-        checks.append(_Check(ok, margin, None if ok else Reason(
+        checks.append(_Check(ok, margin, None if ok else Reason.of(
             "audio_quality_too_low",
-            f"Even a voice-only internet call would sound broken up or delayed (estimated "
-            f"quality {m.mos_audio:.1f} of 5, at least {t.min_mos:g} needed). A phone call "
-            f"will be more reliable.",
-        )))
+            N_("Even a voice-only internet call would sound broken up or delayed (estimated "
+               "quality {mos:.1f} of 5, at least {limit:g} needed). A phone call will be more "
+               "reliable."),
+            mos=m.mos_audio, limit=t.min_mos)))
     return checks
-
-
-_BLOAT_ADVICE = ("A network cable instead of Wi-Fi, pausing uploads and downloads on other "
-                 "devices, or a router setting against \"bufferbloat\" (often called Smart "
-                 "Queue Management, SQM) can help.")
 
 
 def loaded_rtt_ms(m: LinkMetrics, below_kbps: float) -> float | None:
@@ -265,16 +321,17 @@ def _confidence(margins: list[float]) -> float:
 def classify(m: LinkMetrics, t: Thresholds = Thresholds()) -> Verdict:
     """Recommend `video`, `audio_only`, `phone` or `unknown` for the measured link."""
     if not m.measured_anything:
-        return Verdict(UNKNOWN, 0.0, (Reason(
+        return Verdict(UNKNOWN, 0.0, (Reason.of(
             "nothing_measured",
-            "The connection could not be tested: the test server did not answer. Check that "
-            "you are online; if you cannot get online, call your therapist by phone.",
+            N_("The connection could not be tested: the test server did not answer. Check "
+               "that you are online and run the check again in a minute; if it still fails, "
+               "call your therapist by phone."),
         ),))
     video = _video_checks(m, t.video)
     if all(c.ok for c in video):
         notes = _video_notes(m, t.video)
-        return Verdict(VIDEO, _confidence([c.margin for c in video]), (Reason(
-            "video_ok", "Your connection can hold a video session."),) + notes)
+        return Verdict(VIDEO, _confidence([c.margin for c in video]), (Reason.of(
+            "video_ok", N_("Your connection can hold a video session.")),) + notes)
     video_fails = _decisive([c for c in video if not c.ok])
     audio = _audio_checks(m, t.audio)
     if all(c.ok for c in audio):
@@ -296,19 +353,16 @@ def _video_notes(m: LinkMetrics, t: VideoThresholds) -> tuple[Reason, ...]:
     notes: list[Reason] = []
     for name, d in (("up", m.up), ("down", m.down)):
         if d.kbps is not None and d.kbps < t.good_kbps and not d.kbps_at_least:
-            word, advice = _DIR_WORDS[name]
-            notes.append(Reason(
-                f"{word}_marginal_for_video",
-                f"Your {word} ({format_mbps(d.kbps, 2)} Mbit/s) is enough for video but "
-                f"without much room to spare: the picture may be softer. If it stutters, {advice}.",
-            ))
+            notes.append(Reason.of(f"{_WORDS[name]}_marginal_for_video", _MARGINAL[name],
+                                   measured=format_mbps(d.kbps, 2)))
     losses = [x for x in (m.up.loss_pct, m.down.loss_pct) if x is not None]
     if losses and max(losses) > t.good_loss_pct:
-        notes.append(Reason(
+        notes.append(Reason.of(
             "loss_marginal_for_video",
-            f"Some data gets lost ({max(losses):.1f} %); video should cope. If the picture "
-            f"freezes: {_CLOSER[0].lower()}{_CLOSER[1:]}",
-        ))
+            N_("Some data gets lost ({loss:.1f} %); video should cope. If the picture "
+               "freezes: moving closer to your Wi-Fi router, or using a network cable, often "
+               "helps."),
+            loss=max(losses)))
     return tuple(notes)
 
 

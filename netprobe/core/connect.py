@@ -22,6 +22,7 @@ from typing import Literal
 
 from netprobe.core.classify import PHONE, AudioThresholds, Reason, Verdict, format_mbps
 from netprobe.core.emodel import estimate_audio_quality
+from netprobe.core.words import N_, Phrase
 
 DIRECT_WINDOW_S = 2.0
 """How long after the answer the direct path gets before a check that has had no UDP packet
@@ -202,63 +203,84 @@ RELAY_PATHS = ("relay_udp", "relay_tcp", "relay_tls")
 PATHS = ("direct", *RELAY_PATHS)
 
 
-def _speed_words(tcp: dict[str, object] | None) -> str:
-    """ ' (about 12 Mbit/s down and at least 3.1 Mbit/s up over an ordinary web connection)',
-    or ''. The quick test's upload reads low (a new connection for each short upload:
-    docs/reflector.md, "TCP speed test"), hence "at least" for it."""
+def _speed_words(tcp: dict[str, object] | None) -> Phrase | None:
+    """The sentence on what the TCP test measured ("Your internet works: about 12 Mbit/s down
+    and at least 3.1 Mbit/s up over an ordinary web connection."), or None. The quick test's
+    upload reads low (a new connection for each short upload: docs/reflector.md, "TCP speed
+    test"), hence "at least" for it."""
     if not tcp:
-        return ""
-    parts = []
-    for key, word in (("down_kbps", "down"), ("up_kbps", "up")):
+        return None
+    rates = {}
+    for key in ("down_kbps", "up_kbps"):
         value = tcp.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            floor = "at least " if key == "up_kbps" and tcp.get("mode") == "quick" else ""
-            parts.append(f"{floor}{format_mbps(float(value))} Mbit/s {word}")
-    if not parts:
-        return ""
-    return f" ({'about ' if not parts[0].startswith('at') else ''}{' and '.join(parts)} " \
-        "over an ordinary web connection)"
+            rates[key[:-5]] = format_mbps(float(value))
+    quick = tcp.get("mode") == "quick"
+    if "down" in rates and "up" in rates:
+        return Phrase.of(_BOTH_QUICK if quick else _BOTH, **rates)
+    if "down" in rates:
+        return Phrase.of(_DOWN_ONLY, **rates)
+    if "up" in rates:
+        return Phrase.of(_UP_ONLY_QUICK if quick else _UP_ONLY, **rates)
+    return None
+
+
+_BOTH = N_("Your internet works: about {down} Mbit/s down and {up} Mbit/s up over an "
+           "ordinary web connection.")
+_BOTH_QUICK = N_("Your internet works: about {down} Mbit/s down and at least {up} Mbit/s up "
+                 "over an ordinary web connection.")
+_DOWN_ONLY = N_("Your internet works: about {down} Mbit/s down over an ordinary web "
+                "connection.")
+_UP_ONLY = N_("Your internet works: about {up} Mbit/s up over an ordinary web connection.")
+_UP_ONLY_QUICK = N_("Your internet works: at least {up} Mbit/s up over an ordinary web "
+                    "connection.")
 
 
 def udp_blocked_reason(tcp: dict[str, object] | None) -> Reason:
     """`udp_blocked` when no relay got through either: the check has no figures."""
-    works = "Your internet works" + _speed_words(tcp) if tcp and _speed_words(tcp) else \
-        "Your connection reached the clinic's test server"
-    return Reason(
+    works = _speed_words(tcp) or Phrase.of(
+        N_("Your connection reached the clinic's test server."))
+    return Reason.of(
         "udp_blocked",
-        f"{works}, but the network you are on blocks the kind of connection video calls use, "
-        "so the test could not run. Your video app may still connect through a relay, often "
-        "with a less steady picture. If it does not connect, try another network (for example "
-        "your phone's mobile data), or call your therapist by phone.")
+        N_("{works} But the network you are on blocks the kind of connection video calls "
+           "use, so the test could not run. Your video app may still connect through a relay, "
+           "often with a less steady picture. If it does not connect, try another network "
+           "(for example your phone's mobile data), or call your therapist by phone."),
+        works=works)
 
 
 def relayed_reason(path: str) -> Reason | None:
     """The note for a check that went through the clinic's relay (None for `direct`)."""
     if path in ("relay_tcp", "relay_tls"):
-        return Reason(
+        return Reason.of(
             "udp_blocked",
-            "Your network blocks the usual path for video calls, so netprobe reached the "
-            "clinic through a relay over an ordinary web connection, and measured that way. "
-            "Your video app can work like this too if it can use a relay (most can), but "
-            "calls through a relay stutter more easily; if yours struggles, switch to audio "
-            "or try another network.")
+            N_("Your network blocks the usual path for video calls, so netprobe reached the "
+               "clinic through a relay over an ordinary web connection, and measured that "
+               "way. Your video app can work like this too if it can use a relay (most can), "
+               "but calls through a relay stutter more easily; if yours struggles, switch to "
+               "audio or try another network."))
     if path == "relay_udp":
-        return Reason(
+        return Reason.of(
             "relayed",
-            "Your network does not let the test reach the clinic directly, so it went "
-            "through the clinic's relay. Video apps usually do the same on such a network, so "
-            "the result still applies.")
+            N_("Your network does not let the test reach the clinic directly, so it went "
+               "through the clinic's relay. Video apps usually do the same on such a network, "
+               "so the result still applies."))
     return None
 
 
 def too_lossy_verdict(e: ConnectEvidence, t: AudioThresholds) -> Verdict:
     """`phone`: the link lost so much that the test stream could not be set up."""
     loss = e.loss_pct
-    share = "" if loss is None else \
-        f" (about {max(1, round(loss / 10))} in 10 of the test signals were lost each way)"
-    reason = Reason(
-        "too_lossy_to_connect",
-        f"Your connection is losing so much{share} that even a short test stream could not "
-        "be set up, so it cannot hold a video or voice call now. Please call your therapist "
-        "by phone. Moving closer to your Wi-Fi router, or another network, may help later.")
+    tail = N_("Please call your therapist by phone. Moving closer to your Wi-Fi router, or "
+              "another network, may help later.")
+    if loss is None:
+        reason = Reason.of("too_lossy_to_connect", N_(
+            "Your connection is losing so much that even a short test stream could not be set "
+            "up, so it cannot hold a video or voice call now. {then}"), then=Phrase.of(tail))
+    else:
+        reason = Reason.of("too_lossy_to_connect", N_(
+            "Your connection is losing so much (about {n} in 10 of the test signals were lost "
+            "each way) that even a short test stream could not be set up, so it cannot hold a "
+            "video or voice call now. {then}"), n=max(1, round(loss / 10)),
+            then=Phrase.of(tail))
     return Verdict(PHONE, round(min(0.99, too_lossy_confidence(e, t)), 2), (reason,))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from netprobe.core.classify import UNKNOWN, Reason, Verdict
+from netprobe.core.words import N_
 
 #: What became of one URL of an attempt.
 Outcome = Literal["answered", "unreachable", "busy", "rate_limited", "denied"]
@@ -37,10 +38,23 @@ _TELLING = ("denied", "rate_limited", "busy", "unreachable")
 
 def unreachable_verdict() -> Verdict:
     """The agent's advice when no reflector can be reached to watch a session."""
-    return Verdict(UNKNOWN, 0.0, (Reason(
+    return Verdict(UNKNOWN, 0.0, (Reason.of(
         "reflector_unreachable",
-        "The test server cannot be reached right now, so the connection cannot be watched. "
-        "If the call also struggles, switch to audio or call by phone."),))
+        N_("The test server cannot be reached right now, so the connection cannot be watched. "
+           "If the call also struggles, switch to audio or call by phone.")),))
+
+
+def stale_verdict() -> Verdict:
+    """The agent's advice when its last measurement is too old."""
+    return Verdict(UNKNOWN, 0.0, (Reason.of("status_stale", N_(
+        "The last measurement is too old to rely on; a new check is due. Until then, do not "
+        "count on video.")),))
+
+
+def no_check_verdict() -> Verdict:
+    """The agent's advice before its first check."""
+    return Verdict(UNKNOWN, 0.0, (Reason.of("no_check_yet", N_(
+        "No check has run yet; the first one starts in a moment.")),))
 
 
 def server_list(value: str | Iterable[str]) -> tuple[str, ...]:

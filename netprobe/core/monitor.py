@@ -30,6 +30,7 @@ from netprobe.core.measure import JitterEstimator, percentile, wilson_interval
 from netprobe.core.metrics import DirectionMetrics, LinkMetrics
 from netprobe.core.sampling import audio_fields
 from netprobe.core.wire import Echo
+from netprobe.core.words import N_
 
 #: Fewest echoes in a window for it to say anything (a very lossy link returns few: their
 #: sequence gaps still tell the loss).
@@ -229,21 +230,32 @@ def passive_verdict(base: Verdict, *, interface_up: bool, cpu_percent: float | N
     """Fold the machine's own signals into a window verdict: no network interface means the
     call will drop (phone); a saturated CPU cannot encode video (at most audio only)."""
     if not interface_up:
-        return Verdict(PHONE, 0.9, (Reason(
+        return Verdict(PHONE, 0.9, (Reason.of(
             "network_down",
-            "This computer has lost its network connection. If it does not come back within a "
-            "minute, call your therapist by phone."),))
+            N_("This computer has lost its network connection. If it does not come back "
+               "within a minute, call your therapist by phone.")),))
     if cpu_percent is not None and cpu_percent >= cpu_limit and base.verdict == VIDEO:
-        return Verdict(AUDIO_ONLY, 0.7, (Reason(
+        return Verdict(AUDIO_ONLY, 0.7, (Reason.of(
             "cpu_saturated",
-            f"This computer is very busy ({cpu_percent:.0f} % processor use), too busy to "
-            f"send and show video smoothly. Close other programs, or switch to audio only."),))
+            N_("This computer is very busy ({cpu:.0f} % processor use), too busy to send and "
+               "show video smoothly. Close other programs, or switch to audio only."),
+            cpu=cpu_percent),))
     return base
 
 
 #: This computer's own traffic in a direction, as a share of that direction's last measured
 #: capacity, at which it is named as a likely cause of a worse verdict.
 OWN_TRAFFIC_SHARE = 0.7
+
+
+_OWN_BUSY = {
+    "up": N_("This computer is sending {own} Mbit/s in all, the call included: most of what "
+             "your upload carried in the last check ({capacity} Mbit/s). If other programs on "
+             "it are uploading (a cloud backup, file sync), pausing them should help."),
+    "down": N_("This computer is receiving {own} Mbit/s in all, the call included: most of "
+               "what your download carried in the last check ({capacity} Mbit/s). If other "
+               "programs on it are downloading (updates, streaming), pausing them should help."),
+}
 
 
 def own_traffic_note(verdict: Verdict, *, tx_kbps: float | None, rx_kbps: float | None,
@@ -268,16 +280,9 @@ def own_traffic_note(verdict: Verdict, *, tx_kbps: float | None, rx_kbps: float 
             continue
         if own >= share * cap.kbps:
             word = "upload" if name == "up" else "download"
-            verb = "sending" if name == "up" else "receiving"
-            others = ("uploading (a cloud backup, file sync)" if name == "up"
-                      else "downloading (updates, streaming)")
             # The interface also carries the call itself: the advice is conditional.
-            notes.append(Reason(
-                f"own_{word}_busy",
-                f"This computer is {verb} {format_mbps(own)} Mbit/s in all, the call included: "
-                f"most of what your {word} carried in the last check "
-                f"({format_mbps(cap.kbps)} Mbit/s). If other programs on it are {others}, "
-                f"pausing them should help."))
+            notes.append(Reason.of(f"own_{word}_busy", _OWN_BUSY[name], own=format_mbps(own),
+                                   capacity=format_mbps(cap.kbps)))
     if not notes:
         return verdict
     return replace(verdict, reasons=verdict.reasons[:1] + tuple(notes) + verdict.reasons[1:])

@@ -8,26 +8,31 @@ the next `Tick`. Like aioquic's connection, it does no I/O and reads no clock; t
 agent (`netprobe.agent.runtime`) performs the actions and feeds the events back. Randomness
 (the spread of the idle interval) comes in through the `jitter` argument.
 
-A session goes through phases: `checking` (a full check first, when the last result is not
-fresh), `connecting`, `streaming` (a window verdict once a second), `confirming` (a light check
-before a step up) and `waiting` (the reflector was lost: reconnect after the backoff). There is
-always either a deadline or an outstanding check/connection, so a session is never "monitoring"
-with nothing going on. A stream whose reflector drains or dies moves at once to another
-(`core.failover.StreamRoute`); only when every one has failed does it wait for the backoff.
+A session goes through phases: `checking` (a full check first if the last result is not fresh;
+never for a detected call, which would bear its load), `connecting`, `streaming` (a window
+verdict once a second), `confirming` (a light check before a step up) and `waiting` (the
+reflector was lost: reconnect after the backoff). There is always either a deadline or an
+outstanding check/connection, so a session is never "monitoring" with nothing going on. A
+stream whose reflector drains or dies moves at once to another (`core.failover.StreamRoute`);
+only when every one has failed does it wait for the backoff.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from netprobe.config import Settings
 from netprobe.core import policy_events as ev
-from netprobe.core.classify import UNKNOWN, Reason, Verdict
-from netprobe.core.failover import ReflectorPool, StreamRoute, unreachable_verdict
+from netprobe.core.classify import UNKNOWN, Verdict
+from netprobe.core.failover import (
+    ReflectorPool,
+    StreamRoute,
+    no_check_verdict,
+    stale_verdict,
+    unreachable_verdict,
+)
 from netprobe.core.metrics import LinkMetrics
 from netprobe.core.monitor import (
     Hysteresis,
@@ -38,11 +43,15 @@ from netprobe.core.monitor import (
     window_verdict,
 )
 from netprobe.core.policy_events import Action, Event, PassiveReadings, Purpose
+from netprobe.core.policy_status import (  # (changed_keys, light_check_settings: re-exported)
+    changed_keys as changed_keys,
+)
+from netprobe.core.policy_status import (
+    light_check_settings as light_check_settings,
+)
+from netprobe.core.policy_status import status_document
 from netprobe.core.result import CheckResult
 
-#: The light check run while idle: enough rungs to tell video from audio, a shorter cap.
-LIGHT_LADDER = (300, 800, 1600)
-LIGHT_CAP_S = 10.0
 #: The longer window that must agree before a session is sent to the phone (x window_s).
 LONG_WINDOW_FACTOR = 3
 #: No echo for this long during a session: the reflector is gone.
@@ -55,38 +64,6 @@ FIRST_CHECK_AFTER_S = 1.0
 TICK_S = 1.0
 
 Phase = Literal["checking", "connecting", "streaming", "confirming", "waiting"]
-
-
-def light_check_settings(settings: Settings) -> Settings:
-    """The settings of a light check: the idle ladder, capped at LIGHT_CAP_S."""
-    probe = replace(settings.probe, ladder_kbps=LIGHT_LADDER,
-                    max_duration_s=min(LIGHT_CAP_S, settings.probe.max_duration_s),
-                    connect_timeout_s=min(LIGHT_CAP_S - 2, settings.probe.connect_timeout_s))
-    return replace(settings, probe=probe)
-
-
-def stale_verdict() -> Verdict:
-    return Verdict(UNKNOWN, 0.0, (Reason(
-        "status_stale", "The last measurement is too old to rely on; a new check is "
-        "due. Until then, do not count on video."),))
-
-
-def changed_keys(old: Settings, new: Settings) -> list[str]:
-    """The settings that differ, as `section.key`."""
-    changed = []
-    for section in ("probe", "reflector", "privacy", "agent", "thresholds"):
-        a, b = getattr(old, section), getattr(new, section)
-        if a != b:
-            changed.extend(f"{section}.{key}" for key in vars(a)
-                           if getattr(a, key) != getattr(b, key))
-    return changed
-
-
-def _iso(ts: float | None, offset: float) -> str | None:
-    if ts is None:
-        return None
-    at = datetime.fromtimestamp(ts + offset, UTC)
-    return at.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class AgentPolicy:
@@ -103,8 +80,7 @@ class AgentPolicy:
         self.route = StreamRoute(ReflectorPool(settings.agent.servers))
         self.pool = self.route.pool
         self.state: Literal["idle", "monitoring"] = "idle"
-        self.recommendation = Verdict(UNKNOWN, 0.0, (Reason(
-            "no_check_yet", "No check has run yet; the first one starts in a moment."),))
+        self.recommendation = no_check_verdict()
         self.metrics = LinkMetrics()
         self.updated_at: float | None = None
         self.reflector: Literal["unknown", "ok", "unreachable"] = "unknown"
@@ -122,6 +98,9 @@ class AgentPolicy:
         self._traffic: deque[tuple[float | None, float | None]] = deque(maxlen=60)
         # the session
         self.session_started_at: float | None = None
+        self.session_source: Literal["api", "detected"] | None = None
+        """Who started the session: the video app (`api`) or call detection (`detected`)."""
+        self._call_since: float | None = None
         self.phase: Phase | None = None
         self.link = 0
         """The number of the current (or last) probe stream."""
@@ -160,7 +139,11 @@ class AgentPolicy:
             case ev.SettingsChanged(now, settings):
                 self._reload(now, settings)
             case ev.SessionStartRequested(now):
-                self._start_session(now)
+                self._start_session(now, "api")
+            case ev.CallStarted(now, kind, processes):
+                self._call_started(now, kind, processes)
+            case ev.CallEnded(now):
+                self._call_ended(now)
             case ev.SessionStopRequested(now, reason):
                 self._stop_session(now, reason)
             case ev.CheckRequested(now):
@@ -201,21 +184,7 @@ class AgentPolicy:
         verdict = self.recommendation
         if age is not None and age > self.settings.agent.stale_after_s:
             verdict = stale_verdict()
-        return {
-            "schema": "netprobe.status/1",
-            "state": self.state,
-            "recommendation": verdict.verdict,
-            "confidence": verdict.confidence,
-            "reasons": [r.to_json() for r in verdict.reasons],
-            "metrics": self.metrics.to_json(),
-            "updated_at": _iso(self.updated_at, wall_offset),
-            "age_s": None if age is None else round(age, 1),
-            "reflector": self.reflector,
-            "session_started_at": _iso(self.session_started_at, wall_offset),
-            "check_running": self.check_running is not None,
-            "passive": self.passive.to_json(),
-            "version": version,
-        }
+        return status_document(self, verdict, age, wall_offset, version)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -372,6 +341,8 @@ class AgentPolicy:
         self.settings = settings
         self.pool.update(settings.agent.servers)
         self._log("info", "config_reloaded", "config reloaded", changed=changed)
+        if settings.agent.detect_calls == "off" and self.session_source == "detected":
+            self._stop_session(now, "detect_calls_off")
         self._wake_idle_check(now)
 
     def _wake_idle_check(self, now: float) -> None:
@@ -384,22 +355,42 @@ class AgentPolicy:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def _start_session(self, now: float) -> None:
+    def _call_started(self, now: float, kind: str, processes: tuple[str, ...]) -> None:
+        self._call_since = now
+        self._log("info", "call_detected", f"a call was noticed ({kind})", kind=kind,
+                  processes=list(processes) if self.settings.privacy.log_process_names else [])
+        if self.settings.agent.detect_calls == "on":
+            self._start_session(now, "detected")
+
+    def _call_ended(self, now: float) -> None:
+        since, self._call_since = self._call_since, None
+        self._log("info", "call_ended", "the call has ended",
+                  duration_s=None if since is None else round(now - since, 1))
+        if self.session_source == "detected":  # (an API session is the app's to end)
+            self._stop_session(now, "call_ended")
+
+    def _start_session(self, now: float, source: Literal["api", "detected"]) -> None:
         if self.state == "monitoring":
+            if source == "api" and self.session_source == "detected":  # the app takes over
+                self.session_source = "api"
+                self._log("info", "session_started", "session taken over by the API",
+                          session_source="api")
+                self._out.append(ev.Publish("state"))
             return
         self.state = "monitoring"
         self.session_started_at = now
+        self.session_source = source
         self._session = s = self.settings
         a = s.agent
         self._session_ends_at = now + a.max_session_s if a.max_session_s > 0 else None
         self._hysteresis = Hysteresis(HysteresisSettings(a.step_down_after, a.step_up_after_s))
-        self._log("info", "session_started", "session started")
+        self._log("info", "session_started", "session started", session_source=source)
         self._out.append(ev.Publish("state"))
         self._recheck = False
         fresh = self.last_check is not None and self.updated_at is not None and \
             now - self.updated_at <= FRESH_FOR_SESSION_S and self.reflector == "ok"
         self.route.reset()
-        if fresh:
+        if fresh or (source == "detected" and self.check_running is None):
             self._begin_stream(now)
         else:
             self.phase = "checking"
@@ -449,6 +440,7 @@ class AgentPolicy:
             self._out.append(ev.StopMonitor(self.link))
             self.link_open = False
         duration = now - (self.session_started_at or now)
+        source, self.session_source = self.session_source, None
         self.state = "idle"
         self.phase = None
         self.session_started_at = self._session_ends_at = None
@@ -457,7 +449,8 @@ class AgentPolicy:
         if self.idle_check_at is None and self.check_running is None:
             self.idle_check_at = now + self._idle_interval()
         self._log("warning" if reason == "max_duration" else "info", "session_stopped",
-                  f"session stopped ({reason})", duration_s=round(duration, 1), reason=reason)
+                  f"session stopped ({reason})", duration_s=round(duration, 1), reason=reason,
+                  session_source=source)
         self._out.append(ev.Publish("state"))
 
     def _own_traffic(self, seconds: float) -> tuple[float | None, float | None]:

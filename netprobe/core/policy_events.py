@@ -78,7 +78,24 @@ class SessionStartRequested:
 class SessionStopRequested:
     now: float
     reason: str = "api"
-    """`api`, `max_duration` (only the policy decides that one) or `shutdown`."""
+    """`api`, `max_duration` (only the policy decides that one) or `shutdown` (and, decided
+    by the policy: `call_ended`, `detect_calls_off`)."""
+
+
+@dataclass(frozen=True)
+class CallStarted:
+    """Call detection (`core.calls`) noticed a call on this computer."""
+    now: float
+    kind: str = "traffic"
+    """What it was recognised by: `udp`, `conferencing` or `traffic` (`core.calls.Kind`)."""
+    processes: tuple[str, ...] = ()
+    """Conferencing programs seen (logged only with `[privacy] log_process_names`)."""
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    """The call noticed has ended (its traffic fell away)."""
+    now: float
 
 
 @dataclass(frozen=True)
@@ -135,8 +152,8 @@ class EchoReceived:
 
 
 Event = (Started | Tick | PassiveSampled | SettingsChanged | SessionStartRequested
-         | SessionStopRequested | CheckRequested | CheckFinished | CheckFailed
-         | MonitorConnected | MonitorConnectFailed | MonitorEnded | EchoReceived)
+         | SessionStopRequested | CallStarted | CallEnded | CheckRequested | CheckFinished
+         | CheckFailed | MonitorConnected | MonitorConnectFailed | MonitorEnded | EchoReceived)
 
 
 # -- actions --------------------------------------------------------------------------------

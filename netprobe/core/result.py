@@ -10,6 +10,7 @@ from typing import Any
 
 from netprobe.core.certainty import certainty
 from netprobe.core.classify import Verdict
+from netprobe.core.clinic import Fallback
 from netprobe.core.metrics import LinkMetrics
 
 SCHEMA = "netprobe.check/1"
@@ -39,6 +40,9 @@ class CheckResult:
     the reflector), when it says something the figures do not (udp_blocked, a failed link)."""
     tcp: dict[str, Any] | None = None
     """The TCP speed test (speedtest-cli), when one ran: `--thorough`, or UDP blocked."""
+    fallback: Fallback | None = None
+    """The clinic's contact to call (the reflector's, local keys winning), open or closed at
+    `started_at`; None when no number is known (docs/check-format.md, "Fallback")."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,4 +62,5 @@ class CheckResult:
             "paths_tried": list(self.paths_tried),
             "connect": self.connect,
             "tcp": self.tcp,
+            "fallback": None if self.fallback is None else self.fallback.to_json(),
         }

@@ -11,9 +11,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from netprobe.clinic import contact
 from netprobe.config import Settings
 from netprobe.core.classify import UNKNOWN, Reason, Verdict, classify
 from netprobe.core.connect import (
@@ -48,6 +50,7 @@ from netprobe.errors import (
     ServerBusy,
     ServerUnreachable,
 )
+from netprobe.i18n import N_, Phrase
 from netprobe.webrtc.engine import (
     Pacer,
     install_tap,
@@ -84,6 +87,21 @@ async def run_check(
 
 
 async def run_check_attempts(
+    servers: str | Sequence[str],
+    settings: Settings,
+    *,
+    local: bool = False,
+    on_progress: Callable[[Progress | str], None] | None = None,
+) -> tuple[CheckResult, tuple[Attempt, ...]]:
+    """`_measure`, the result naming the clinic's contact: the reflector's (from its answer)
+    with the local `[clinic]` keys winning; the local one alone when no reflector answered."""
+    result, attempts = await _measure(servers, settings, local=local, on_progress=on_progress)
+    if result.fallback is None:
+        result = replace(result, fallback=contact(settings.clinic, None, result.started_at))
+    return result, attempts
+
+
+async def _measure(
     servers: str | Sequence[str],
     settings: Settings,
     *,
@@ -199,6 +217,7 @@ async def run_check_attempts(
             local=local, server=shown_server,
             ladder={"up": _ladder_json(session.up), "down": _ladder_json(session.down)},
             path=conn.path, paths_tried=tuple(conn.tried), connect=conn.connect_json(),
+            fallback=contact(settings.clinic, conn.peer.clinic, started_at),
         ), tuple(attempts)
     finally:
         if conn is not None:
@@ -209,17 +228,17 @@ async def run_check_attempts(
             await peer.pc.close()
 
 
-CONNECT_TIMEOUT = Reason(
-    "connect_timeout",
-    "The test server could not be reached in time. The connection may be down or very poor; "
-    "if it stays like this, call your therapist by phone.")
+CONNECT_TIMEOUT = Reason.of("connect_timeout", N_(
+    "The test server could not be reached in time. The connection may be down or very poor: "
+    "check that you are online and run the check again; if it stays like this, call your "
+    "therapist by phone."))
 
 
-def _unreachable(detail: str) -> Reason:
-    return Reason(
-        "server_unreachable",
-        f"The test server could not be reached ({detail}). Check that you are online; if you "
-        f"cannot get online, call your therapist by phone.")
+def _unreachable(detail: str | Phrase) -> Reason:
+    return Reason.of("server_unreachable", N_(
+        "The test server could not be reached ({detail}). Check that you are online and run "
+        "the check again; if you cannot get online, call your therapist by phone."),
+        detail=detail)
 
 
 #: Connected, yet not one echo this long after: the reflector's side of the connection never
@@ -243,8 +262,8 @@ async def _path_failure(failed: PathFailed, settings: Settings, started_at: date
         tcp = await tcp_report(failed.url, settings.access_token or None, budget_s=budget)
         verdict = Verdict(UNKNOWN, 0.0, (udp_blocked_reason(tcp),))
     elif failed.judgement == "failed":
-        verdict = Verdict(UNKNOWN, 0.0, (_unreachable(
-            "the WebRTC connection to the test server failed"),))
+        verdict = Verdict(UNKNOWN, 0.0, (_unreachable(Phrase.of(N_(
+            "the WebRTC connection to the test server failed"))),))
     else:
         verdict = Verdict(UNKNOWN, 0.0, (CONNECT_TIMEOUT,))
     return CheckResult(verdict, LinkMetrics(), started_at, time.monotonic() - t0, local=local,
@@ -262,23 +281,27 @@ async def tcp_report(url: str, token: str | None, *, budget_s: float) -> dict[st
 def _busy_reason(attempt: Attempt) -> Reason:
     """The plain reason for a reflector that answered but could not take the check."""
     if attempt.outcome == "rate_limited":
-        wait = f"{attempt.retry_after_s:.0f} seconds" if attempt.retry_after_s else "a minute"
-        return Reason(
-            "rate_limited",
-            f"The test server has had too many checks from this connection. Please wait "
-            f"{wait} and try again.")
-    return Reason(
-        "server_busy",
-        "The test server is busy with other checks right now. Please try again in a minute.")
+        if attempt.retry_after_s:
+            return Reason.of("rate_limited", N_(
+                "The test server has had too many checks from this connection. Please wait "
+                "{seconds:.0f} seconds and try again."), seconds=attempt.retry_after_s)
+        return Reason.of("rate_limited", N_(
+            "The test server has had too many checks from this connection. Please wait a "
+            "minute and try again."))
+    return Reason.of("server_busy", N_(
+        "The test server is busy with other checks right now. Please try again in a minute."))
 
 
 def _access_reason(exc: AccessDenied) -> Reason:
     """The plain reason for a refused access token (`unauthorized` or `forbidden`)."""
     if exc.code == "forbidden":
-        return Reason("forbidden", f"The test server did not allow this check ({exc}). Ask "
-                      "your clinic for a new check link.")
-    return Reason("unauthorized", f"The test server needs a valid access token ({exc}). Use "
-                  "the check link your clinic sent, or ask the clinic for a new one.")
+        return Reason.of("forbidden", N_(
+            "The test server did not allow this check ({detail}). Ask your clinic for a new "
+            "check link, or call your therapist by phone."), detail=str(exc))
+    return Reason.of("unauthorized", N_(
+        "The test server needs a valid access token ({detail}). Use the check link your clinic "
+        "sent, or ask the clinic for a new one; until then, call your therapist by phone."),
+        detail=str(exc))
 
 
 def _attach_taps(pc: Any, session: ClientSession, echo_arrived: asyncio.Event) -> None:
@@ -301,6 +324,9 @@ def _ladder_json(ladder: Any) -> list[dict[str, Any]]:
         {"rate_kbps": r.rung.rate_kbps,
          "sent_kbps": None if r.sent_kbps is None else round(r.sent_kbps),
          "delivered_kbps": None if r.delivered_kbps is None else round(r.delivered_kbps),
+         "tail_kbps": None if r.tail_kbps is None else round(r.tail_kbps),
+         "others_kbps": round(r.cross_kbps),
+         "bucket_emptied": r.bucket_emptied,
          "passed": r.passed}
         for _, r in sorted(ladder.results.items())
     ]

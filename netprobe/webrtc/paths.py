@@ -25,6 +25,7 @@ from typing import Any
 
 from aioice import stun
 
+from netprobe.clinic import from_answer
 from netprobe.config import Settings
 from netprobe.core.connect import (
     DIRECT_WINDOW_S,
@@ -414,6 +415,7 @@ async def _offer_relay(relay: Peer, url: str, settings: Settings, deadline: floa
     try:
         body = await post_offer(relay.pc, url, left, mode, settings.access_token, None)
         await apply_answer(relay.pc, body)
+        relay.clinic = from_answer(body.get("clinic"))
     except AttemptFailed as failed:
         tried.append({"path": kind, "outcome": "offer_refused", "detail": str(failed.error)})
         return False

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from netprobe.clinic import reflector_json
 from netprobe.config import ReflectorSettings
 from netprobe.core.admission import (
     Admission,
@@ -109,6 +110,9 @@ class Reflector:
                                    client_max_size=settings.max_body_bytes)
         self.app.router.add_post("/v1/offer", self.handle_offer)
         self.app.router.add_get("/v1/ice", self.handle_ice)
+        self.clinic = reflector_json(settings.clinic)
+        """The `[clinic]` contact every answer and `GET /v1/clinic` carry (None: none)."""
+        self.app.router.add_get("/v1/clinic", self.handle_clinic)
         self.app.router.add_get("/healthz", self.handle_health)
         self.app.router.add_get("/metrics", self.handle_metrics)
         self.app.on_shutdown.append(self._on_shutdown)
@@ -226,6 +230,12 @@ class Reflector:
             "max_checks": s.max_checks, "max_monitors": s.max_monitors,
             "max_sessions": s.max_sessions or s.max_checks + s.max_monitors,
             "workers": snap.workers}, status=503 if self.draining else 200)
+
+    async def handle_clinic(self, request: web.Request) -> web.Response:
+        """`GET /v1/clinic`: the clinic's contact, to anyone (a public number: no token)."""
+        if self.clinic is None:
+            return json_error(404, "no_clinic", "this reflector has no clinic contact")
+        return web.json_response({"clinic": self.clinic})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         if not in_networks(request[CLIENT], self._metrics_from):
@@ -358,6 +368,8 @@ class Reflector:
                                  "time_limit_s": limit}
         if self.turn.enabled:  # the relays to re-offer over if no direct path works
             reply["ice_servers"] = self.turn.servers(kind, time.time())
+        if self.clinic is not None:  # whom to call when the link will not hold
+            reply["clinic"] = self.clinic
         return web.json_response(reply)
 
     async def _expire(self, session: ReflectorSession) -> None:

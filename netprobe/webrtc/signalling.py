@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCSessionDescription
 
+from netprobe.clinic import from_answer
 from netprobe.config import IceServer, Settings
 from netprobe.core.failover import (
     Attempt,
@@ -61,6 +62,9 @@ class Peer:
         self.pc.addTransceiver(self.probe_track, direction="sendrecv")
         self.pc.addTransceiver(self.load_track, direction="sendrecv")
         prefer_test_codecs(self.pc)
+        self.clinic: dict[str, str] | None = None
+        """The reflector's clinic contact from its answer, checked (`clinic.from_answer`);
+        None: none given, or malformed (logged)."""
 
 
 class AttemptFailed(Exception):
@@ -120,6 +124,7 @@ async def offer_in_turn(urls: tuple[str, ...], settings: Settings, deadline: flo
                 continue
             attempts.append(Attempt(url, "answered"))
             await apply_answer(peer.pc, body)
+            peer.clinic = from_answer(body.get("clinic"))
             return peer, url, body
         raise ServerUnreachable("no reflector URL was given")
     except BaseException:
