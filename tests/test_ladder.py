@@ -437,3 +437,24 @@ def test_tails_off_over_a_tcp_relay_judges_as_before() -> None:
     plain.start(0.0)
     result = plain.evaluate(1.0, lambda i: obs, 0.0, lambda i: True, TIMEOUT)
     assert result is not None and not result.bucket_emptied and result.tail_kbps is None
+
+
+def test_a_sender_that_slowed_down_is_not_a_bucket_emptying() -> None:
+    # Its own machine busy, the sender sent the last third of a 3200 kbit/s rung at a quarter
+    # of the rate; the link delivered all of it at once: nothing there tells of the link.
+    from netprobe.core.measure import RungArrivals
+
+    ladder = Ladder(make_ladder((3200,), 300.0), 0.6, PASS_RATIO)
+    rung = ladder.rungs[0]
+    arrivals, t, seq = RungArrivals(), 10.0, 0
+    while t < 10.6:
+        arrivals.add(seq, rung.payload_size, t + 0.02, t)
+        t += rung.interval * (1 if t < 10.4 else 4)
+        seq += 1
+    tail, end = arrivals.tails()
+    assert tail is None and end is None
+    obs = RungObservation(int(0.6 / rung.interval), arrivals.seqs.received,
+                          arrivals.payload_bytes, arrivals.first_at, arrivals.last_at, tail, end)
+    ladder.start(0.0)
+    result = ladder.evaluate(1.0, lambda i: obs, 0.0, lambda i: True, TIMEOUT)
+    assert result is not None and not result.bucket_emptied

@@ -201,8 +201,8 @@ class RungArrivals:
     last_at: float = 0.0
     first_sent: float = math.inf
     last_sent: float = -math.inf
-    timed: deque[tuple[float, float, int]] = field(default_factory=deque)
-    """(sent, arrived, payload bytes), in arrival order."""
+    timed: deque[tuple[float, float, int, int]] = field(default_factory=deque)
+    """(sent, arrived, payload bytes, sequence number), in arrival order."""
 
     def add(self, seq: int, size: int, now: float, sent_at: float | None = None) -> bool:
         """Record a packet (`sent_at`: the sender's clock, from its header; None: taken as
@@ -216,7 +216,7 @@ class RungArrivals:
         sent = now if sent_at is None else sent_at
         self.first_sent = min(self.first_sent, sent)
         self.last_sent = max(self.last_sent, sent)
-        self.timed.append((sent, now, size))
+        self.timed.append((sent, now, size, seq))
         if len(self.timed) > MAX_TIMED_ARRIVALS:
             self.timed.popleft()
         return True
@@ -239,7 +239,7 @@ class RungArrivals:
             return None
         since = -math.inf if share is None else \
             self.last_sent - share * (self.last_sent - self.first_sent)
-        points: list[tuple[float, float, int]] = []
+        points: list[tuple[float, float, int, int]] = []
         older = 0
         for record in reversed(self.timed):
             if record[0] >= since:
@@ -251,7 +251,12 @@ class RungArrivals:
                     break
         if share is None:
             points = sorted(points)[-END_PACKETS:]
-        return window_rate_kbps(points, others, overhead)
+        if not points:
+            return None
+        # what was sent over the same span: every number from its first packet to its last
+        seqs = [p[3] for p in points]
+        return window_rate_kbps([p[:3] for p in points], others, overhead,
+                                max(seqs) - min(seqs) + 1)
 
 
 #: A rung's tail: the last third of its send span (a token bucket that empties within the
@@ -267,6 +272,8 @@ MAX_TIMED_ARRIVALS = 4096
 END_PACKETS = 8
 #: Packets sent before a tail that may still arrive among its own (reordering), scanned past.
 REORDER_SCAN = 64
+#: A tail delivered at least this share of the rate its packets were sent at kept up with them.
+KEPT_UP = 0.85
 #: A tail's packets took the time from their first arrival to their last when their delay
 #: jitters (two standard deviations) by at most this share of the window's send span...
 QUIET_SHARE = 0.1
@@ -278,7 +285,8 @@ MAX_SLOPE_ERROR = 0.15
 
 def window_rate_kbps(points: Sequence[tuple[float, float, int]],
                      others: Sequence[tuple[float, int]] = (),
-                     overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
+                     overhead: int = LOAD_OVERHEAD_BYTES,
+                     sent_packets: int | None = None) -> float | None:
     """The rate a link delivered `points` at, kbit/s of wire bytes, plus our other packets
     (`others`: (arrival, wire bytes), in arrival order: probes or echoes) that arrived among
     them; None with fewer than `MIN_TAIL_PACKETS` points, or when jitter leaves the time they
@@ -292,7 +300,12 @@ def window_rate_kbps(points: Sequence[tuple[float, float, int]],
     window, that time is the send span stretched by the growth of their one-way delay (a
     least-squares slope, counted beyond one standard error; not judged when that error is
     above `MAX_SLOPE_ERROR`). The two clocks may differ by a constant: only differences
-    count."""
+    count.
+
+    `sent_packets`: the packets sent over the window's span, when known (from their sequence
+    numbers). If the link delivered them at nearly the rate they were sent (`KEPT_UP`), the
+    window says nothing of the link (a sender that slowed down, its machine busy, is not a
+    bucket emptying): None."""
     n = len(points)
     if n < MIN_TAIL_PACKETS:
         return None
@@ -325,6 +338,9 @@ def window_rate_kbps(points: Sequence[tuple[float, float, int]],
     wire = sum(p[2] for p in points) + n * overhead
     # n packets over a span are n - 1 gaps of it (as in `delivered_kbps`)
     load = wire * (n - 1) / n * 8 / took / 1000
+    if sent_packets is not None and sent_packets > 1 and \
+            load >= KEPT_UP * wire / n * (sent_packets - 1) * 8 / span / 1000:
+        return None
     return load + others_kbps(others, min(arrivals), max(arrivals))
 
 
