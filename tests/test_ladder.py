@@ -458,3 +458,22 @@ def test_a_sender_that_slowed_down_is_not_a_bucket_emptying() -> None:
     ladder.start(0.0)
     result = ladder.evaluate(1.0, lambda i: obs, 0.0, lambda i: True, TIMEOUT)
     assert result is not None and not result.bucket_emptied
+
+
+def test_a_rung_judged_on_its_timeout_takes_its_figures_from_what_arrived_since() -> None:
+    # A shaper's deep queue still held most of the rung when it was judged: the partial tail
+    # mixed the burst with the sustained rate; the rest, arriving later, shows the rate.
+    ladder, full = _observed(800, 10000, 128, queue=True, empties_at=0.2, queue_s=2.0)
+    from dataclasses import replace
+
+    early = replace(full, received=40, tail_kbps=320.0, end_kbps=171.0)
+    current = [early]
+    ladder.start(0.0)
+    result = ladder.evaluate(0.6 + TIMEOUT, lambda i: current[0], 0.0, lambda i: False, TIMEOUT)
+    assert result is not None and not result.passed and not result.final
+    assert ladder.capacity()[0] > 140  # the burst still in it
+    current[0] = full
+    assert ladder.refine(lambda i: current[0], 0.0, lambda i: True)
+    assert ladder.capacity()[0] == pytest.approx(128, rel=0.1)
+    assert not ladder.results[0].passed and ladder.results[0].final
+    assert not ladder.refine(lambda i: current[0], 0.0, lambda i: True)  # final: left alone

@@ -28,7 +28,7 @@ have that share of the link too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netprobe.core.measure import (
     LOAD_OVERHEAD_BYTES,
@@ -241,6 +241,24 @@ class Ladder:
         else:
             self.done = True
         return result
+
+    def refine(self, observe: Callable[[int], RungObservation | None], base_loss: float,
+               is_final: Callable[[int], bool]) -> bool:
+        """Judge again, on what has arrived since, the failed rungs that were judged on a
+        timeout (a deep queue still held much of them): their figures (rates, tail, bucket)
+        come from the latest evidence; they stay failed. True if anything changed."""
+        changed = False
+        for i, old in list(self.results.items()):
+            if old.passed or old.final:
+                continue
+            new = self._judge(old.rung, observe(i), base_loss, is_final(i))
+            new = replace(new, passed=False, loss_allowed=False)
+            if new != old:
+                self.results[i] = new
+                changed = True
+        if changed:
+            self.version += 1
+        return changed
 
     def _judge(self, rung: Rung, obs: RungObservation | None, base_loss: float,
                final: bool, likely_loss: float = 0.0) -> RungResult:

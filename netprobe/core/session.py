@@ -275,9 +275,12 @@ class ClientSession:
         margin = self._reorder_margin()
         self.up.evaluate(now, self._observe_up, up_loss, lambda i: i in self._up_final,
                          timeout, a.up_probes.fraction)
-        self.down.evaluate(now, self._observe_down, down_loss,
-                           lambda i: now >= self._down_final.get(i, math.inf) + margin,
-                           timeout, a.down_probes.fraction)
+        down_final = lambda i: now >= self._down_final.get(i, math.inf) + margin  # noqa: E731
+        self.down.evaluate(now, self._observe_down, down_loss, down_final, timeout,
+                           a.down_probes.fraction)
+        # a rung judged on its timeout gets its figures from what arrived since
+        self.up.refine(self._observe_up, up_loss, lambda i: i in self._up_final)
+        self.down.refine(self._observe_down, down_loss, down_final)
         self._pace_probes(now)
 
     def _ready_for_ladder(self, now: float) -> bool:
