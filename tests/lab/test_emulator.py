@@ -131,8 +131,11 @@ async def test_rate_limit_and_queue() -> None:
     assert sent_up.rate_kbps == pytest.approx(2000, rel=0.03)
     assert sent_down.rate_kbps == pytest.approx(1000, rel=0.03)
     assert stats.up.dropped_queue > 0 and stats.down.dropped_queue > 0
-    # A full queue of 40 x 1200 bytes at 2 Mbit/s adds ~192 ms (bufferbloat).
-    assert 190 < sent_up.delay_ms_max - 10 < 215
+    # A full queue of 40 x 1200 bytes at 2 Mbit/s adds ~192 ms (bufferbloat). Most packets
+    # arrive once it is full: the median says it, where the maximum would also count one late
+    # wake-up of a busy machine (CI saw 218 ms once).
+    assert 190 < sent_up.delay_ms_median - 10 < 215
+    assert sent_up.delay_ms_max - 10 > 190
 
 
 @pytest.mark.lab
