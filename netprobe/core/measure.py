@@ -203,6 +203,8 @@ class RungArrivals:
     last_sent: float = -math.inf
     timed: deque[tuple[float, float, int, int]] = field(default_factory=deque)
     """(sent, arrived, payload bytes, sequence number), in arrival order."""
+    _tails: tuple[int, float, tuple[float | None, float | None]] | None = field(
+        default=None, repr=False, compare=False)
 
     def add(self, seq: int, size: int, now: float, sent_at: float | None = None) -> bool:
         """Record a packet (`sent_at`: the sender's clock, from its header; None: taken as
@@ -225,10 +227,20 @@ class RungArrivals:
         """(tail, end): `window_kbps` over the last third of the rung's send span, and the
         slower of the last sixth (`END_SHARE`) and the last `END_PACKETS` packets, `others`
         included. A bucket that empties late in a rung shows only in the end; the last
-        packets see it even at a sustained rate too low to put enough packets in a sixth."""
+        packets see it even at a sustained rate too low to put enough packets in a sixth.
+
+        Asked on every echo: kept until a packet of the rung arrives, or one of `others`
+        (appended in time order) that may fall among its arrivals."""
+        newest = others[-1][0] if others else -math.inf
+        if self._tails is not None:
+            received, seen, result = self._tails
+            if received == self.seqs.received and (seen >= self.last_at or seen == newest):
+                return result
         ends = [x for x in (self.window_kbps(END_SHARE, others),
                             self.window_kbps(None, others)) if x is not None]
-        return (self.window_kbps(TAIL_SHARE, others), min(ends) if ends else None)
+        result = (self.window_kbps(TAIL_SHARE, others), min(ends) if ends else None)
+        self._tails = (self.seqs.received, newest, result)
+        return result
 
     def window_kbps(self, share: float | None, others: Sequence[tuple[float, int]] = (),
                     overhead: int = LOAD_OVERHEAD_BYTES) -> float | None:
