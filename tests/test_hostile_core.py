@@ -392,3 +392,17 @@ def test_the_downlink_cap_is_a_checked_setting(tmp_path: Path) -> None:
     cfg.write_text("[agent]\nmonitor_probe_interval_ms = 20000\n")
     with pytest.raises(ConfigError, match="monitor_probe_interval_ms"):
         load_settings(cfg)
+
+
+def test_a_reflector_cannot_inflate_the_probes_beside_a_rung() -> None:
+    # A rung report with an absurdly short span would make the probes beside it look fast.
+    session = ClientSession(ProbeSettings(), Thresholds(), 0.0)
+    session.up.start(0.0)
+    session._up_sent[0] = 100
+    from netprobe.core.sampling import EchoSample
+
+    session._samples += [EchoSample(k, 0.02 * k, 0.01, k, k, 0.0, 0.0, k, k) for k in range(30)]
+    report = RungReport(0, 100, 12_000, 1.0, 1.0 + 1e-9, 0, 99)
+    assert 0 < session._up_cross_kbps(0, report) <= 2 * session._probe_kbps()
+    honest = RungReport(0, 100, 12_000, 1.0, 1.6, 0, 99)  # 30 probes over 0.6 s: their rate
+    assert session._up_cross_kbps(0, honest) == pytest.approx(session._probe_kbps(), rel=0.05)

@@ -459,7 +459,10 @@ class ClientSession:
             return 0.0
         end = self.up.end_of(rung)
         probes = sum(1 for x in self._samples if start <= x.probe_sent_at <= end)
-        return probes * probe_wire_bytes(self.settings.probe_size) * 8 / span / 1000
+        kbps = probes * probe_wire_bytes(self.settings.probe_size) * 8 / span / 1000
+        # Bounded (lesson 11): the span is the reflector's word; probes arrive no faster
+        # than twice the rate they are sent at.
+        return min(kbps, 2 * self._probe_kbps())
 
     # -- results ---------------------------------------------------------------------------
 
