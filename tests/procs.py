@@ -1,4 +1,5 @@
-"""netprobe as separate processes, as users run it: the command line and port helpers."""
+"""netprobe as separate processes, as users run it: the command line, port helpers, and a
+loopback server for an aiohttp app of a test's own (`served`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 NETPROBE = [sys.executable, "-m", "netprobe"]
 #: A child that leaves a coroutine unawaited fails, as the tests themselves do.
@@ -14,6 +18,17 @@ NETPROBE = [sys.executable, "-m", "netprobe"]
 #: words are English (netprobe picks its language from the locale: tests/test_i18n.py).
 CHILD_ENV = {**{k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_MESSAGES", "LANG")},
              "PYTHONWARNINGS": "error::RuntimeWarning"}
+
+
+async def served(app: web.Application, **runner: Any) -> tuple[web.AppRunner, str]:
+    """`app` served on a free loopback port: its runner (`cleanup()` it) and its URL.
+    `runner`: options for `web.AppRunner` (e.g. access_log=None)."""
+    runner_ = web.AppRunner(app, **runner)
+    await runner_.setup()
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner_, f"http://127.0.0.1:{port}"
 
 
 def secret_file(path: Path, text: str) -> Path:

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from agent_support import until
 from aiohttp import web
-from procs import CHILD_ENV, NETPROBE, free_port, secret_file, serve, stop
+from procs import CHILD_ENV, NETPROBE, free_port, secret_file, serve, served, stop
 
 from netprobe.config import ReflectorSettings, Settings
 from netprobe.settings import ClinicSettings
@@ -168,13 +168,9 @@ async def hostile(reflector: Reflector) -> AsyncIterator[tuple[str, list[Any]]]:
 
     app = web.Application()
     app.router.add_post("/v1/offer", offer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await served(app)
     try:
-        yield f"http://127.0.0.1:{port}", queue
+        yield url, queue
     finally:
         await runner.cleanup()
 

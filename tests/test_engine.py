@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 from aiohttp import web
-from procs import free_port, serve, stop
+from procs import free_port, serve, served, stop
 
 from netprobe.config import ReflectorSettings, Settings
 from netprobe.core.result import SCHEMA
@@ -119,13 +119,9 @@ async def garbage_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/offer", offer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await served(app)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         await runner.cleanup()
 

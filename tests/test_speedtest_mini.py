@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import procs
 import pytest
 from aiohttp import web
 from procs import secret_file
@@ -41,12 +42,7 @@ sys.addaudithook(_audit)  # records connections only while a test sets `_connect
 
 
 async def served(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await procs.served(app, access_log=None)
 
 
 @pytest.fixture

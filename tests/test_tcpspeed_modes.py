@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+import procs
 import pytest
 from aiohttp import web
 
@@ -28,12 +29,7 @@ TCP_KEYS = {"against", "mode", "down_kbps", "up_kbps", "latency_ms", "bytes_down
 
 
 async def served(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await procs.served(app, access_log=None, shutdown_timeout=0.5)
 
 
 def stalling_app(stall: str) -> web.Application:
