@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import statistics
 import struct
 import subprocess
 import sys
@@ -12,12 +13,15 @@ import time
 from typing import Any
 
 import pytest
+from aioice import stun
 from procs import free_port
 
 from netprobe.agent import worker
 from netprobe.config import Settings
 from netprobe.core.result import CheckResult
 from netprobe.errors import NetprobeError, ServerUnreachable
+from netprobe.webrtc.client import MonitorLink
+from netprobe.webrtc.paths import ice_connection
 from netprobe.webrtc.reflector import Reflector
 
 
@@ -52,6 +56,10 @@ async def test_monitor_in_a_child_streams_echoes_then_stops_when_asked(
     assert 15 <= len(echoes) <= 40, len(echoes)  # 20 probes a second
     seqs = [e.seq for e, _ in echoes]
     assert seqs == sorted(seqs)
+    # sent in batches, but each echo keeps its own arrival time (20 a second, not 5 bunches)
+    nows = [now for _, now in echoes]
+    assert nows == sorted(nows) and len(set(nows)) == len(nows)
+    assert statistics.median(b - a for a, b in zip(nows, nows[1:])) > 0.02
     # arrival times are this process's monotonic clock: usable by the agent's windows
     assert all(abs(now - time.monotonic()) < 5 for _, now in echoes)
     await asyncio.sleep(0.5)
@@ -149,3 +157,29 @@ async def test_an_echo_the_agent_cannot_take_ends_the_stream_not_the_agent(
         await link.close()  # must not raise
     [rec] = [r for r in caplog.records if getattr(r, "event", None) == "error"]
     assert rec.where == "monitor" and "ValueError" in rec.error  # type: ignore[attr-defined]
+
+
+async def test_a_monitoring_link_stops_probing_the_path_once_connected(
+        reflector: Reflector, settings: Settings) -> None:
+    """The path's STUN prober (20 Binding requests a second) is for finding the path: a
+    monitored session keeps only aioice's own consent checks (one every ~5 s)."""
+    link = MonitorLink(reflector.url, settings, 0.05, lambda echo, now: None)
+    await link.connect(10)
+    try:
+        connection = ice_connection(link._peer.pc)  # type: ignore[union-attr]
+        assert connection is not None
+        requests: list[float] = []
+        for protocol in connection._protocols:
+            send = protocol.send_stun
+
+            def counting(message: Any, addr: Any, send: Any = send) -> None:
+                if message.message_class == stun.Class.REQUEST:
+                    requests.append(time.monotonic())
+                send(message, addr)
+
+            protocol.send_stun = counting
+        await asyncio.sleep(2.0)
+        assert not link.failed.is_set()
+    finally:
+        await link.close()
+    assert len(requests) <= 2, len(requests)

@@ -15,8 +15,9 @@ nothing untrusted is ever unpickled.
   `("monitor", url, settings, interval_s, connect_timeout_s)`; closing stdin asks the child
   to stop (so does the agent dying).
 - child to agent: `("result", CheckResult, attempts)` (`core.failover.Attempt`s),
-  `("connected",)`, `("echo", Echo, now)` (`now` is `time.monotonic()`, one clock for every
-  process on the machine) or `("error", exc)`.
+  `("connected",)`, `("echoes", [(Echo, now), ...])` (`now`, each echo's arrival, is
+  `time.monotonic()`, one clock for every process on the machine; echoes are sent together
+  `ECHO_BATCH_S` after the first of them) or `("error", exc)`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ SPAWN_ALLOWANCE_S = 10.0
 STOP_GRACE_S = 5.0
 #: stderr lines of a child kept to explain a failure.
 STDERR_LINES = 20
+#: How long a monitoring child holds echoes to send them to the agent in one frame (one
+#: write, one wake-up of the agent for several; the agent's windows are seconds long and
+#: every echo keeps its own arrival time).
+ECHO_BATCH_S = 0.2
 #: How the child is started, after the interpreter.
 _WORKER_ARGS = ("-m", "netprobe.agent.worker")
 
@@ -218,8 +223,9 @@ class IsolatedMonitorLink:
     async def _forward(self, child: _Child) -> None:
         try:
             while (frame := await child.read()) is not None:
-                if frame[0] == "echo":
-                    self._on_echo(frame[1], frame[2])
+                if frame[0] == "echoes":
+                    for echo, now in frame[1]:
+                        self._on_echo(echo, now)
                 elif frame[0] == "error":
                     logger.warning("monitoring connection ended: %s", frame[1])
             # not asked to stop (close() cancels this task first): say what the child said
@@ -272,6 +278,28 @@ class _Output:
             self.broken = True  # the agent is gone; the stdin watcher stops us
 
 
+class _EchoBatch:
+    """Echoes sent to the agent together, `ECHO_BATCH_S` after the first of them."""
+
+    def __init__(self, out: _Output) -> None:
+        self._out = out
+        self._echoes: list[tuple[Any, float]] = []
+        self._flush_at: asyncio.TimerHandle | None = None
+
+    def add(self, echo: Any, now: float) -> None:
+        self._echoes.append((echo, now))
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(ECHO_BATCH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if self._echoes:
+            self._out.send(("echoes", self._echoes))
+            self._echoes = []
+
+
 def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop,
                  stop: asyncio.Event) -> None:
     """Block until stdin closes (the agent asked us to stop, or died), then set `stop`.
@@ -309,8 +337,8 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
             out.send(("result", *check.result()))
         elif kind == "monitor":
             interval, timeout = request[3], request[4]
-            link = MonitorLink(url, settings, interval,
-                               lambda echo, now: out.send(("echo", echo, now)))
+            batch = _EchoBatch(out)
+            link = MonitorLink(url, settings, interval, batch.add)
             try:
                 await link.connect(timeout)
                 out.send(("connected",))
@@ -322,6 +350,7 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
                 failed.cancel()
             finally:
                 await link.close()
+                batch.flush()
         else:
             out.send(("error", NetprobeError(f"unknown request {kind!r}")))
     except (NetprobeError, TimeoutError) as exc:

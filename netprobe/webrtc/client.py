@@ -368,6 +368,9 @@ class MonitorLink:
             self.failed.set()
             raise
         self._peer, self.path = conn.peer, conn.path
+        # the path's STUN prober has done its work (20 requests a second to each candidate:
+        # left running, it would cost a monitored session as much as the probes do)
+        await conn.stop_probing()
         pc = conn.peer.pc
 
         def on_audio(payload: bytes, now: float) -> None:

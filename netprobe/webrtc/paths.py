@@ -89,6 +89,7 @@ class StunProber:
         self._rtts: list[float] = []
         self.inbound = 0
         self._task: asyncio.Task[None] | None = None
+        self._wrapped: list[tuple[Any, Any, Any]] = []  # (protocol, its handler, ours)
         self.available = True
         """False when aiortc's internals did not have the expected shape."""
 
@@ -97,8 +98,14 @@ class StunProber:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop sending, and stop counting: the protocols get their own handlers back
+        (a monitored session would otherwise pay for the count on every packet)."""
         await cancel_and_wait(self._task)
         self._task = None
+        for protocol, received, counting in self._wrapped:
+            if protocol.datagram_received is counting:
+                protocol.datagram_received = received
+        self._wrapped = []
 
     def evidence(self, now: float) -> ConnectEvidence:
         answered = len(self._rtts)
@@ -164,6 +171,7 @@ class StunProber:
             received(data, addr)
 
         protocol.datagram_received = counting
+        self._wrapped.append((protocol, received, counting))
 
 
 # -- the order ---------------------------------------------------------------------------------
