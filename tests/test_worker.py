@@ -4,6 +4,7 @@ reflector: what the agent gets back, and how it copes when the child fails."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pickle
 import statistics
 import struct
@@ -59,7 +60,7 @@ async def test_monitor_in_a_child_streams_echoes_then_stops_when_asked(
     # sent in batches, but each echo keeps its own arrival time (20 a second, not 5 bunches)
     nows = [now for _, now in echoes]
     assert nows == sorted(nows) and len(set(nows)) == len(nows)
-    assert statistics.median(b - a for a, b in zip(nows, nows[1:])) > 0.02
+    assert statistics.median(b - a for a, b in itertools.pairwise(nows)) > 0.02
     # arrival times are this process's monotonic clock: usable by the agent's windows
     assert all(abs(now - time.monotonic()) < 5 for _, now in echoes)
     await asyncio.sleep(0.5)
