@@ -56,7 +56,7 @@ MONITOR_CONNECT_CAP_S = 10.0
 #: What the agent's own probe stream puts on the interface at a 50 ms probe spacing, kbit/s
 #: (up, down), RTP, RTCP and STUN consent included (scripts/bench_agent.py --only monitor):
 #: subtracted before call detection judges the traffic.
-OWN_MONITOR_KBPS = (40.0, 40.0)
+OWN_MONITOR_KBPS = (20.0, 20.0)
 
 
 def own_monitor_kbps(settings: Settings) -> tuple[float, float]:
