@@ -310,12 +310,18 @@ async def test_a_check_cut_short_does_not_pin_the_next_session_to_phone(
     await again.start()
     try:
         assert (await r.post("/v1/session", {"action": "start"}))[0] == 200
-        seen = []
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 5 and (not seen or seen[-1] != "video"):
-            await asyncio.sleep(0.2)
-            seen.append((await r.status())["recommendation"])
-        assert seen[-1] == "video", f"a clean link, yet the session says {set(seen)}"
+        # the session's own check measures the clean link: about 4 s, more on a busy machine
+        # (a fixed 5 s to see `video` was CI's margin, not the agent's)
+        seen: list[str] = []
+
+        def says_video(status: dict[str, Any]) -> bool:
+            seen.append(status["recommendation"])
+            return status["recommendation"] == "video"
+
+        try:
+            await r.until_status(says_video, 30, "video")
+        except AssertionError:
+            raise AssertionError(f"a clean link, yet the session says {set(seen)}") from None
     finally:
         r.agent.request_stop()
         await asyncio.wait_for(r.task, 10)
