@@ -7,10 +7,11 @@
 its measuring child, over the link lab, as root). This isolates the child
 (`netprobe.agent.worker`, the aiortc peer): a real child process, started as the agent starts
 it (`IsolatedMonitorLink`), streams probes to an in-process reflector on 127.0.0.1 at each
-spacing in turn, and the child's CPU (user + system, psutil, % of one core) is read over
-`--seconds` after 3 s of settling. A spacing of seconds shows what the connection costs
-without probes (RTCP, consent); the others show what each probe and its echo add. The echoes
-the agent side received are printed too, so a stream that stalled shows. Prints, asserts
+spacing in turn, and the child's CPU (user + system, % of one core,
+`netprobe.bench.procstats`) is read over `--seconds` after 3 s of settling. A spacing of
+seconds shows what the connection costs without probes (RTCP, consent); the others show what
+each probe and its echo add. The echoes the agent side received are printed too, so a stream
+that stalled shows. Prints, asserts
 nothing; no root needed.
 """
 
@@ -24,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
-
 from netprobe.agent.worker import IsolatedMonitorLink  # noqa: E402
+from netprobe.bench.procstats import own_cpu_seconds  # noqa: E402
 from netprobe.config import ReflectorSettings, load_settings  # noqa: E402
 from netprobe.webrtc.engine import restrict_to_loopback_if_local  # noqa: E402
 from netprobe.webrtc.reflector import Reflector  # noqa: E402
@@ -34,8 +34,8 @@ from netprobe.webrtc.reflector import Reflector  # noqa: E402
 SETTLE_S = 3.0
 
 
-async def one(url: str, spacing_ms: float, seconds: float) -> tuple[float, float, int]:
-    """(child CPU %, of it system %, echoes) for one stream at `spacing_ms`."""
+async def one(url: str, spacing_ms: float, seconds: float) -> tuple[float, int]:
+    """(child CPU %, echoes) for one stream at `spacing_ms`."""
     echoes = 0
 
     def on_echo(echo: object, now: float) -> None:
@@ -45,15 +45,14 @@ async def one(url: str, spacing_ms: float, seconds: float) -> tuple[float, float
     link = IsolatedMonitorLink(url, load_settings(), spacing_ms / 1000, on_echo)
     await link.connect(10)
     try:
-        child = psutil.Process(link._child._proc.pid)  # type: ignore[union-attr]
+        pid = link._child._proc.pid  # type: ignore[union-attr]
         await asyncio.sleep(SETTLE_S)
-        before, at, seen = child.cpu_times(), time.monotonic(), echoes
+        before, at, seen = own_cpu_seconds(pid), time.monotonic(), echoes
         await asyncio.sleep(seconds)
-        after, span = child.cpu_times(), time.monotonic() - at
+        used, span = own_cpu_seconds(pid) - before, time.monotonic() - at
     finally:
         await link.close()
-    total = (after.user + after.system - before.user - before.system) / span * 100
-    return total, (after.system - before.system) / span * 100, echoes - seen
+    return used / span * 100, echoes - seen
 
 
 async def main(spacings: list[float], seconds: float) -> None:
@@ -63,10 +62,9 @@ async def main(spacings: list[float], seconds: float) -> None:
     try:
         print(f"measuring child on loopback, {seconds:g} s per spacing", flush=True)
         for spacing in spacings:
-            cpu, system, echoes = await one(reflector.url, spacing, seconds)
-            print(f"  probe every {spacing:g} ms: child {cpu:.2f} % of a core "
-                  f"(system {system:.2f} %), {echoes} echoes ({echoes / seconds:.1f}/s)",
-                  flush=True)
+            cpu, echoes = await one(reflector.url, spacing, seconds)
+            print(f"  probe every {spacing:g} ms: child {cpu:.2f} % of a core, "
+                  f"{echoes} echoes ({echoes / seconds:.1f}/s)", flush=True)
     finally:
         await reflector.stop()
 
