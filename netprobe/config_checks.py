@@ -195,6 +195,8 @@ def problem(obj: Any) -> tuple[str, str] | None:
             (0 <= obj.idle_jitter < 1, "idle_jitter", "must be at least 0 and below 1"),
             (10 <= obj.monitor_probe_interval_ms <= 5000, "monitor_probe_interval_ms",
              "must be 10-5000 (a reflector closes a stream silent for 10 s)"),
+            (10 <= obj.monitor_calm_interval_ms <= 5000, "monitor_calm_interval_ms",
+             "must be 10-5000 (a reflector closes a stream silent for 10 s)"),
             (obj.window_s >= 1, "window_s", "must be at least 1 second"),
             (obj.step_down_after >= 1, "step_down_after", "must be at least 1"),
             (obj.backoff_min_s > 0, "backoff_min_s", "must be above 0"),

@@ -162,7 +162,10 @@ class AgentSettings:
     idle_jitter: float = 0.2
     """Each interval is drawn uniformly within ±this share, so machines do not probe in step."""
     monitor_probe_interval_ms: float = 50.0
-    """Probe spacing while monitoring a session (20/s: ~16 kbit/s up, ~25 kbit/s down)."""
+    """Probe spacing while monitoring a session, near a line (20/s: ~20 kbit/s each way)."""
+    monitor_calm_interval_ms: float = 100.0
+    """Probe spacing while every window has been comfortable for 10 s (`core.probe_rate`);
+    never faster than `monitor_probe_interval_ms` (equal: always at that rate)."""
     window_s: float = 5.0
     """Rolling window the monitoring verdict is taken over."""
     step_down_after: int = 3

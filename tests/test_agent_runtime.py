@@ -127,6 +127,15 @@ async def test_status_metrics_events_and_a_monitored_session(
             assert parse_prometheus(await metrics.text())["netprobe_monitoring"] == {"": 1}
         assert not events(caplog, "recommendation_changed")[1:]
 
+        # A clean link: after 10 comfortable seconds the measuring process probes at half the
+        # rate, and the windows are made of those echoes (~50 in 5 s, not ~100).
+        assert st["probe_interval_ms"] == 50.0
+        await r.until_status(lambda s: s["probe_interval_ms"] == 100.0, 20, "the calm rate")
+        await asyncio.sleep(r.agent.settings.agent.window_s + 0.5)
+        st = await r.status()
+        assert 30 <= st["metrics"]["down"]["packets"] <= 70, st["metrics"]
+        assert st["recommendation"] == "video"
+
         # The processor saturates: down to audio only after step_down_after windows.
         sampler.state = PassiveState(interface_up=True, cpu_percent=97.0)
         t0 = time.monotonic()
@@ -135,6 +144,7 @@ async def test_status_metrics_events_and_a_monitored_session(
         assert (change["from"], change["recommendation"]) == ("video", "audio_only")
         assert [x["code"] for x in change["reasons"]] == ["cpu_saturated"]
         assert events(caplog, "recommendation_changed")[-1].trigger == "passive"  # type: ignore
+        assert change["probe_interval_ms"] == 50.0  # not comfortable: the full rate again
 
         assert await r.post("/v1/session", {"action": "stop"}) == (
             200, {"state": "idle", "changed": True})

@@ -389,9 +389,13 @@ def test_the_downlink_cap_is_a_checked_setting(tmp_path: Path) -> None:
         cfg.write_text(f"[reflector]\nmax_down_kbps = {bad}\n")
         with pytest.raises(ConfigError, match="max_down_kbps"):
             load_settings(cfg)
-    cfg.write_text("[agent]\nmonitor_probe_interval_ms = 20000\n")
-    with pytest.raises(ConfigError, match="monitor_probe_interval_ms"):
-        load_settings(cfg)
+    for key in ("monitor_probe_interval_ms", "monitor_calm_interval_ms"):
+        for bad in ("20000", "0", "-5"):
+            cfg.write_text(f"[agent]\n{key} = {bad}\n")
+            with pytest.raises(ConfigError, match=key):
+                load_settings(cfg)
+    cfg.write_text("[agent]\nmonitor_calm_interval_ms = 250\n")
+    assert load_settings(cfg).agent.monitor_calm_interval_ms == 250
 
 
 def test_a_reflector_cannot_inflate_the_probes_beside_a_rung() -> None:

@@ -184,3 +184,33 @@ async def test_a_monitoring_link_stops_probing_the_path_once_connected(
     finally:
         await link.close()
     assert len(requests) <= 2, len(requests)
+
+
+async def test_the_agent_changes_a_monitoring_childs_probe_spacing_while_it_streams(
+        reflector: Reflector, settings: Settings) -> None:
+    """`("interval", s)` on the child's stdin: the probes (and so their echoes) come at the
+    new spacing, in both directions of a change; a nonsense spacing is ignored."""
+    echoes: list[float] = []
+    link = worker.IsolatedMonitorLink(reflector.url, settings, 0.05,
+                                      lambda echo, now: echoes.append(now))
+
+    async def spacing_over(seconds: float) -> float:
+        start = len(echoes)
+        await asyncio.sleep(seconds)
+        return statistics.median(b - a for a, b in itertools.pairwise(echoes[start:]))
+
+    await link.connect(10)
+    try:
+        await asyncio.sleep(0.3)
+        assert 0.04 < await spacing_over(1.5) < 0.06
+        link.set_interval(0.2)
+        await asyncio.sleep(0.5)  # the batch in flight and the probe already scheduled
+        assert 0.18 < await spacing_over(2.0) < 0.22
+        link._child.send(("interval", 0))  # type: ignore[union-attr]  # (would busy-loop)
+        link._child.send(("interval", "fast"))  # type: ignore[union-attr]
+        link.set_interval(0.05)
+        await asyncio.sleep(0.5)
+        assert 0.04 < await spacing_over(1.5) < 0.06
+        assert not link.failed.is_set()
+    finally:
+        await link.close()

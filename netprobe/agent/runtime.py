@@ -59,8 +59,9 @@ MONITOR_CONNECT_CAP_S = 10.0
 OWN_MONITOR_KBPS = (20.0, 20.0)
 
 
-def own_monitor_kbps(settings: Settings) -> tuple[float, float]:
-    scale = 50.0 / settings.agent.monitor_probe_interval_ms
+def own_monitor_kbps(interval_s: float) -> tuple[float, float]:
+    """What the probe stream puts on the interface each way at `interval_s`, kbit/s."""
+    scale = 0.05 / interval_s
     return OWN_MONITOR_KBPS[0] * scale, OWN_MONITOR_KBPS[1] * scale
 
 
@@ -78,6 +79,7 @@ class MonitorLink(Protocol):
     failed: asyncio.Event
 
     async def connect(self, timeout: float) -> None: ...
+    def set_interval(self, interval_s: float) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -115,6 +117,7 @@ class AgentRuntime:
         self._check: asyncio.Task[None] | None = None
         self._manual: asyncio.Future[CheckResult] | None = None
         self._monitor: tuple[int, asyncio.Task[None]] | None = None
+        self._link: tuple[int, MonitorLink] | None = None  # the stream the task runs
         self._closing: set[asyncio.Task[None]] = set()
         self.exit_status = exitcodes.OK
         """FAILED once the agent ended because of a failure of its own."""
@@ -246,6 +249,9 @@ class AgentRuntime:
             case ev.StartMonitor(link, settings, server):
                 self._monitor = (link, asyncio.get_running_loop().create_task(
                     self._run_monitor(link, settings, server), name=f"probe stream {link}"))
+            case ev.SetProbeInterval(link, interval_s):
+                if self._link is not None and self._link[0] == link:
+                    self._link[1].set_interval(interval_s)
             case ev.StopMonitor(link):
                 if self._monitor is not None and self._monitor[0] == link:
                     task = self._monitor[1]
@@ -300,6 +306,7 @@ class AgentRuntime:
         link = self._monitor_link(
             server or a.servers[0], settings, a.monitor_probe_interval_ms / 1000,
             lambda echo, now: self._feed(ev.EchoReceived(now, link_id, echo)))
+        self._link = (link_id, link)
         ended = True
         try:
             try:
@@ -315,6 +322,8 @@ class AgentRuntime:
             logger.error("monitoring failed: %s", type(exc).__name__, exc_info=True, extra={
                 "event": "error", "where": "monitor", "error": type(exc).__name__})
         finally:
+            if self._link is not None and self._link[1] is link:
+                self._link = None
             await link.close()
         if ended:
             self._feed(ev.MonitorEnded(self.clock(), link_id))
@@ -372,7 +381,8 @@ class AgentRuntime:
         evidence, self._evidence = self._evidence, None
         change = self._calls.sample(TrafficSample(
             now, rx, tx, own_busy=p.check_running is not None, evidence=evidence,
-            own_kbps=own_monitor_kbps(self.settings) if p.link_open else (0.0, 0.0)))
+            own_kbps=own_monitor_kbps(p.probe_rate.interval_s)
+            if p.link_open and p.probe_rate is not None else (0.0, 0.0)))
         if change is not None:
             self._feed(ev.CallStarted(now, change.kind, change.processes) if change.started
                        else ev.CallEnded(now))

@@ -12,8 +12,9 @@ nothing untrusted is ever unpickled.
 
 - agent to child: one request, `("check", urls, settings)` (a URL or a tuple of them, tried
   in that order) or
-  `("monitor", url, settings, interval_s, connect_timeout_s)`; closing stdin asks the child
-  to stop (so does the agent dying).
+  `("monitor", url, settings, interval_s, connect_timeout_s)`, then for a monitoring child
+  any number of `("interval", seconds)` (probe at that spacing from now on,
+  `core.probe_rate`); closing stdin asks the child to stop (so does the agent dying).
 - child to agent: `("result", CheckResult, attempts)` (`core.failover.Attempt`s),
   `("connected",)`, `("echoes", [(Echo, now), ...])` (`now`, each echo's arrival, is
   `time.monotonic()`, one clock for every process on the machine; echoes are sent together
@@ -113,6 +114,12 @@ class _Child:
         if not isinstance(frame, tuple) or not frame:
             raise NetprobeError("the measuring process sent something unexpected")
         return frame
+
+    def send(self, frame: tuple[Any, ...]) -> None:
+        """One more frame to the child (a small one: the pipe's buffer takes it at once)."""
+        stdin = self._proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(encode_frame(frame))
 
     async def stop(self) -> None:
         """Ask the child to stop (close its stdin), then kill it if it has not."""
@@ -220,6 +227,11 @@ class IsolatedMonitorLink:
             raise
         self._pump = asyncio.get_running_loop().create_task(self._forward(child))
 
+    def set_interval(self, interval_s: float) -> None:
+        """Probe every `interval_s` from now on (`core.probe_rate`)."""
+        if self._child is not None:
+            self._child.send(("interval", interval_s))
+
     async def _forward(self, child: _Child) -> None:
         try:
             while (frame := await child.read()) is not None:
@@ -300,15 +312,17 @@ class _EchoBatch:
             self._echoes = []
 
 
-def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop,
-                 stop: asyncio.Event) -> None:
-    """Block until stdin closes (the agent asked us to stop, or died), then set `stop`.
+def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
+                 on_frame: Callable[[tuple[Any, ...]], None]) -> None:
+    """Hand each frame the agent sends after its request to `on_frame` (in the loop); once
+    stdin closes (the agent asked us to stop, or died) or carries garbage, set `stop`.
 
     A thread, not the event loop: Windows cannot read an inherited pipe asynchronously."""
     def wait() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            while stream.read(4096):
-                pass
+        with contextlib.suppress(OSError, ValueError, RuntimeError, pickle.UnpicklingError,
+                                 EOFError, AttributeError, ImportError):
+            while isinstance(frame := _read_frame(stream), tuple) and frame:
+                loop.call_soon_threadsafe(on_frame, frame)
         with contextlib.suppress(RuntimeError):  # the loop has already finished
             loop.call_soon_threadsafe(stop.set)
 
@@ -323,7 +337,14 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
     for one in server_list(url):
         restrict_to_loopback_if_local(one)
     stop = asyncio.Event()
-    _watch_stdin(stdin, asyncio.get_running_loop(), stop)
+    link: MonitorLink | None = None
+
+    def on_frame(frame: tuple[Any, ...]) -> None:
+        if frame[0] == "interval" and len(frame) == 2 and isinstance(frame[1], int | float) \
+                and frame[1] > 0 and link is not None:
+            link.set_interval(float(frame[1]))
+
+    _watch_stdin(stdin, asyncio.get_running_loop(), stop, on_frame)
     stopping = asyncio.get_running_loop().create_task(stop.wait())
     try:
         if kind == "check":

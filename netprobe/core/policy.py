@@ -1,6 +1,6 @@
 """The agent's decisions, pure: when to check, how long to back off, when a session's figures
-go stale or its probe stream silent, when to step the recommendation down or (after a
-confirming check) up, when a forgotten session ends.
+go stale or its probe stream silent, how often that stream probes (`core.probe_rate`), when to
+step the recommendation down or (after a confirming check) up, when a forgotten session ends.
 
 `AgentPolicy.handle(event)` takes one event (`netprobe.core.policy_events`, each with its
 `now`) and returns the actions the runtime must perform; `next_deadline()` says when to feed
@@ -43,13 +43,10 @@ from netprobe.core.monitor import (
     window_verdict,
 )
 from netprobe.core.policy_events import Action, Event, PassiveReadings, Purpose
-from netprobe.core.policy_status import (  # (changed_keys, light_check_settings: re-exported)
-    changed_keys as changed_keys,
-)
-from netprobe.core.policy_status import (
-    light_check_settings as light_check_settings,
-)
+from netprobe.core.policy_status import changed_keys as changed_keys  # (re-exported)
+from netprobe.core.policy_status import light_check_settings as light_check_settings
 from netprobe.core.policy_status import status_document
+from netprobe.core.probe_rate import ProbeRate
 from netprobe.core.result import CheckResult
 
 #: The longer window that must agree before a session is sent to the phone (x window_s).
@@ -112,6 +109,7 @@ class AgentPolicy:
         self._reconnect_at: float | None = None
         self._window: ProbeWindow | None = None
         self._hysteresis: Hysteresis | None = None
+        self.probe_rate: ProbeRate | None = None  # the spacing of the current stream
         self._out: list[Action] = []
 
     # -- the interface ------------------------------------------------------------------
@@ -405,7 +403,10 @@ class AgentPolicy:
         self.link += 1
         self.link_open = True
         self.phase = "connecting"
-        self._window = ProbeWindow(self._session.agent.window_s * LONG_WINDOW_FACTOR)
+        a = self._session.agent
+        self._window = ProbeWindow(a.window_s * LONG_WINDOW_FACTOR)
+        self.probe_rate = ProbeRate(a.monitor_probe_interval_ms / 1e3,
+                                    a.monitor_calm_interval_ms / 1e3)
         self._reconnect_at = self._next_window_at = None
         self._out.append(ev.StartMonitor(self.link, self._session, url))
 
@@ -445,7 +446,7 @@ class AgentPolicy:
         self.phase = None
         self.session_started_at = self._session_ends_at = None
         self._reconnect_at = self._next_window_at = None
-        self._window = self._hysteresis = None
+        self._window = self._hysteresis = self.probe_rate = None
         if self.idle_check_at is None and self.check_running is None:
             self.idle_check_at = now + self._idle_interval()
         self._log("warning" if reason == "max_duration" else "info", "session_stopped",
@@ -462,8 +463,8 @@ class AgentPolicy:
 
     def _judge_window(self, now: float) -> None:
         """Once a second during a session: the window's verdict through the hysteresis."""
-        window, hysteresis = self._window, self._hysteresis
-        assert window is not None and hysteresis is not None
+        window, hysteresis, rate = self._window, self._hysteresis, self.probe_rate
+        assert window is not None and hysteresis is not None and rate is not None
         if window.silent_for(now) > SILENCE_S and now - self._stream_started_at > SILENCE_S:
             self._lost(now, "monitor_silent")
             return
@@ -478,6 +479,9 @@ class AgentPolicy:
             verdict = own_traffic_note(verdict, tx_kbps=tx, rx_kbps=rx, up=capacity[0],
                                        down=capacity[1])
         changed, confirm = hysteresis.observe(verdict, now)
+        if (spacing := rate.observe(now, verdict, metrics, hysteresis.current.verdict,
+                                    self.settings.thresholds)) is not None:
+            self._out.append(ev.SetProbeInterval(self.link, spacing))  # core.probe_rate
         if changed is not None:
             trigger = "passive" if changed.reasons and changed.reasons[0].code in (
                 "network_down", "cpu_saturated") else "monitor"

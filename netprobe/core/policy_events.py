@@ -186,6 +186,13 @@ class StopMonitor:
 
 
 @dataclass(frozen=True)
+class SetProbeInterval:
+    """Probe the stream `link` every `interval_s` from now on (`core.probe_rate`)."""
+    link: int
+    interval_s: float
+
+
+@dataclass(frozen=True)
 class Log:
     """One line of the JSON log (docs/log-format.md): `event` and its `fields` (no `event`:
     a plain message)."""
@@ -202,4 +209,4 @@ class Publish:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action = StartCheck | StartMonitor | StopMonitor | Log | Publish
+Action = StartCheck | StartMonitor | StopMonitor | SetProbeInterval | Log | Publish

@@ -393,6 +393,10 @@ class MonitorLink:
                             lambda now: (self._interval, self._next_probe))
         self._pacer.start()
 
+    def set_interval(self, interval_s: float) -> None:
+        """Probe every `interval_s` from the next probe on (`core.probe_rate`)."""
+        self._interval = interval_s
+
     def _next_probe(self, sent_at: float) -> bytes:
         probe = Probe(seq=self._seq, sent_at=sent_at)
         self._seq += 1
