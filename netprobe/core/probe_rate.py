@@ -14,10 +14,11 @@ near a line needs no such precision. So:
   probes every `monitor_calm_interval_ms` (100 ms);
 - the first window that is not comfortable puts it back at the full rate at once.
 
-A link that degrades shows it in the first window or two (a loss, a longer median delay)
-long before the three windows in a row that step the recommendation down: those windows are
-judged at the full rate. The loss and delay figures do not depend on the rate (each echo
-counts once, whatever the spacing), only their noise does.
+A loss shows in the first window or two, well before the three windows in a row that step
+the recommendation down; a longer delay or jitter moves a window's median past the "good"
+value no later than past the line. Either way the rate is full from then on, and the windows
+that step down are mostly made of full-rate echoes. The figures themselves do not depend on
+the rate (each echo counts once, whatever the spacing), only their noise does.
 """
 
 from __future__ import annotations
