@@ -13,7 +13,12 @@ from test_policy import Drive, of, streaming
 
 from netprobe.core.classify import AUDIO_ONLY, VIDEO, Thresholds, Verdict
 from netprobe.core.metrics import DirectionMetrics, LinkMetrics
-from netprobe.core.policy_events import EchoReceived, SessionStopRequested, SetProbeInterval
+from netprobe.core.policy_events import (
+    EchoReceived,
+    MonitorEnded,
+    SessionStopRequested,
+    SetProbeInterval,
+)
 from netprobe.core.probe_rate import CALM_AFTER_S, ProbeRate, comfortable
 from netprobe.core.wire import Echo
 
@@ -113,6 +118,8 @@ def test_a_session_on_a_clean_link_halves_its_probe_rate_and_a_lossy_window_rest
     lossy_echoes(d, 2.0)
     assert of(SetProbeInterval, d.actions) == [SetProbeInterval(d.policy.link, 0.05)]
     assert d.status()["recommendation"] == VIDEO  # the rate moved long before the verdict
+    d.feed(MonitorEnded(d.now, d.policy.link))  # the only reflector: wait, with no stream
+    assert d.policy.phase == "waiting" and d.status()["probe_interval_ms"] is None
     d.feed(SessionStopRequested(d.now, "api"))
     assert d.status()["probe_interval_ms"] is None
 

@@ -166,7 +166,7 @@ def test_the_reasons_in_the_language_asked_for() -> None:
 
     class Policy:  # what status_document reads of a policy
         state, session_source, updated_at, reflector = "idle", None, None, "ok"
-        session_started_at, check_running, probe_rate, link_open = None, None, None, False
+        session_started_at, check_running, probe_rate = None, None, None
         metrics = LinkMetrics()
 
         class passive:  # noqa: N801

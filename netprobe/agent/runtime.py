@@ -381,8 +381,8 @@ class AgentRuntime:
         evidence, self._evidence = self._evidence, None
         change = self._calls.sample(TrafficSample(
             now, rx, tx, own_busy=p.check_running is not None, evidence=evidence,
-            own_kbps=own_monitor_kbps(p.probe_rate.interval_s)
-            if p.link_open and p.probe_rate is not None else (0.0, 0.0)))
+            own_kbps=(0.0, 0.0) if p.probe_rate is None
+            else own_monitor_kbps(p.probe_rate.interval_s)))
         if change is not None:
             self._feed(ev.CallStarted(now, change.kind, change.processes) if change.started
                        else ev.CallEnded(now))

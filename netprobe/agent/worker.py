@@ -55,6 +55,8 @@ STDERR_LINES = 20
 #: write, one wake-up of the agent for several; the agent's windows are seconds long and
 #: every echo keeps its own arrival time).
 ECHO_BATCH_S = 0.2
+#: What unpickling a frame that is not ours raises.
+_UNREADABLE = (pickle.UnpicklingError, EOFError, AttributeError, ImportError)
 #: How the child is started, after the interpreter.
 _WORKER_ARGS = ("-m", "netprobe.agent.worker")
 
@@ -319,8 +321,7 @@ def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop, stop: async
 
     A thread, not the event loop: Windows cannot read an inherited pipe asynchronously."""
     def wait() -> None:
-        with contextlib.suppress(OSError, ValueError, RuntimeError, pickle.UnpicklingError,
-                                 EOFError, AttributeError, ImportError):
+        with contextlib.suppress(OSError, ValueError, RuntimeError, *_UNREADABLE):
             while isinstance(frame := _read_frame(stream), tuple) and frame:
                 loop.call_soon_threadsafe(on_frame, frame)
         with contextlib.suppress(RuntimeError):  # the loop has already finished
@@ -391,7 +392,7 @@ def main() -> int:
     sys.stdout = sys.stderr  # nothing else may write into the frame stream
     try:
         request = _read_frame(sys.stdin.buffer)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+    except _UNREADABLE as exc:
         print(f"netprobe worker: unreadable request: {exc}", file=sys.stderr)
         return 2
     if not isinstance(request, tuple) or len(request) < 3:

@@ -109,7 +109,7 @@ class AgentPolicy:
         self._reconnect_at: float | None = None
         self._window: ProbeWindow | None = None
         self._hysteresis: Hysteresis | None = None
-        self.probe_rate: ProbeRate | None = None  # the spacing of the current stream
+        self.probe_rate: ProbeRate | None = None  # the open stream's spacing (None: no stream)
         self._out: list[Action] = []
 
     # -- the interface ------------------------------------------------------------------
@@ -431,7 +431,7 @@ class AgentPolicy:
         assert self._hysteresis is not None
         self._hysteresis.reset(self.recommendation)
         self.phase = "waiting"
-        self._next_window_at = None
+        self._next_window_at = self.probe_rate = None  # (no stream: no spacing)
         self._reconnect_at = max(now + self.retry_in_s, self.pool.all_held_until(now) or now)
 
     def _stop_session(self, now: float, reason: str) -> None:

@@ -67,7 +67,7 @@ def status_document(p: AgentPolicy, verdict: Verdict, age: float | None, wall_of
         "reflector": p.reflector,
         "session_started_at": iso(p.session_started_at, wall_offset),
         "check_running": p.check_running is not None,
-        "probe_interval_ms": None if p.probe_rate is None or not p.link_open
+        "probe_interval_ms": None if p.probe_rate is None
         else round(p.probe_rate.interval_s * 1000, 1),
         "passive": p.passive.to_json(),
         "version": version,
