@@ -211,6 +211,10 @@ async def test_the_agent_changes_a_monitoring_childs_probe_spacing_while_it_stre
         link.set_interval(0.05)
         await asyncio.sleep(0.5)
         assert 0.04 < await spacing_over(1.5) < 0.06
+        link._child.send(("interval", 1e9))  # type: ignore[union-attr]  # (would go silent)
+        before = len(echoes)
+        await asyncio.sleep(1.5)
+        assert len(echoes) - before >= 20, "the stream stopped probing"
         assert not link.failed.is_set()
     finally:
         await link.close()

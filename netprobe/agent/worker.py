@@ -14,7 +14,8 @@ nothing untrusted is ever unpickled.
   in that order) or
   `("monitor", url, settings, interval_s, connect_timeout_s)`, then for a monitoring child
   any number of `("interval", seconds)` (probe at that spacing from now on,
-  `core.probe_rate`); closing stdin asks the child to stop (so does the agent dying).
+  `core.probe_rate`; outside `SPACING_S`, ignored); closing stdin asks the child to stop
+  (so does the agent dying).
 - child to agent: `("result", CheckResult, attempts)` (`core.failover.Attempt`s),
   `("connected",)`, `("echoes", [(Echo, now), ...])` (`now`, each echo's arrival, is
   `time.monotonic()`, one clock for every process on the machine; echoes are sent together
@@ -55,6 +56,9 @@ STDERR_LINES = 20
 #: write, one wake-up of the agent for several; the agent's windows are seconds long and
 #: every echo keeps its own arrival time).
 ECHO_BATCH_S = 0.2
+#: The probe spacings a monitoring child takes, seconds (`[agent] monitor_*_interval_ms`
+#: are 10-5000 ms): anything else in an `interval` frame is ignored.
+SPACING_S = (0.01, 5.0)
 #: What unpickling a frame that is not ours raises.
 _UNREADABLE = (pickle.UnpicklingError, EOFError, AttributeError, ImportError)
 #: How the child is started, after the interpreter.
@@ -342,7 +346,7 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
 
     def on_frame(frame: tuple[Any, ...]) -> None:
         if frame[0] == "interval" and len(frame) == 2 and isinstance(frame[1], int | float) \
-                and frame[1] > 0 and link is not None:
+                and SPACING_S[0] <= frame[1] <= SPACING_S[1] and link is not None:
             link.set_interval(float(frame[1]))
 
     _watch_stdin(stdin, asyncio.get_running_loop(), stop, on_frame)
