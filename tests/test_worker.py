@@ -75,6 +75,15 @@ async def test_monitor_child_that_cannot_connect_raises(settings: Settings) -> N
     assert link.failed.is_set()
 
 
+@pytest.mark.parametrize("spacing", [0.0, -1.0, 1e9, float("nan")])
+async def test_a_monitor_request_with_a_spacing_out_of_range_is_refused(
+        reflector: Reflector, settings: Settings, spacing: float) -> None:
+    link = worker.IsolatedMonitorLink(reflector.url, settings, spacing, lambda echo, now: None)
+    with pytest.raises(NetprobeError, match="probe spacing .* out of range"):
+        await link.connect(5)
+    assert link.failed.is_set() and not reflector.sessions
+
+
 async def test_killed_monitor_child_sets_failed(reflector: Reflector, settings: Settings) -> None:
     link = worker.IsolatedMonitorLink(reflector.url, settings, 0.05, lambda echo, now: None)
     await link.connect(10)

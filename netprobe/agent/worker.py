@@ -57,7 +57,7 @@ STDERR_LINES = 20
 #: every echo keeps its own arrival time).
 ECHO_BATCH_S = 0.2
 #: The probe spacings a monitoring child takes, seconds (`[agent] monitor_*_interval_ms`
-#: are 10-5000 ms): anything else in an `interval` frame is ignored.
+#: are 10-5000 ms): anything else in an `interval` frame is ignored, and refused in a request.
 SPACING_S = (0.01, 5.0)
 #: What unpickling a frame that is not ours raises.
 _UNREADABLE = (pickle.UnpicklingError, EOFError, AttributeError, ImportError)
@@ -334,6 +334,11 @@ def _watch_stdin(stream: IO[bytes], loop: asyncio.AbstractEventLoop, stop: async
     threading.Thread(target=wait, name="stdin-watch", daemon=True).start()
 
 
+def _spacing(value: object) -> bool:
+    """True for a probe spacing the child takes (`SPACING_S`)."""
+    return isinstance(value, int | float) and SPACING_S[0] <= value <= SPACING_S[1]
+
+
 async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> None:
     from netprobe.webrtc.client import MonitorLink, run_check_attempts
     from netprobe.webrtc.engine import restrict_to_loopback_if_local
@@ -345,8 +350,8 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
     link: MonitorLink | None = None
 
     def on_frame(frame: tuple[Any, ...]) -> None:
-        if frame[0] == "interval" and len(frame) == 2 and isinstance(frame[1], int | float) \
-                and SPACING_S[0] <= frame[1] <= SPACING_S[1] and link is not None:
+        if frame[0] == "interval" and len(frame) == 2 and _spacing(frame[1]) \
+                and link is not None:
             link.set_interval(float(frame[1]))
 
     _watch_stdin(stdin, asyncio.get_running_loop(), stop, on_frame)
@@ -363,6 +368,8 @@ async def _serve(request: tuple[Any, ...], out: _Output, stdin: IO[bytes]) -> No
             out.send(("result", *check.result()))
         elif kind == "monitor":
             interval, timeout = request[3], request[4]
+            if not _spacing(interval):
+                raise NetprobeError(f"a probe spacing of {interval!r} s is out of range")
             batch = _EchoBatch(out)
             link = MonitorLink(url, settings, interval, batch.add)
             try:
